@@ -1,0 +1,103 @@
+//! Command-line surface. Names here are contracts: scripts and unit files use them.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::collector::CollectorKind;
+
+/// Default listen address. 9100 is node_exporter's and 9435 ebpf_exporter's;
+/// 9661 is free in Prometheus' list of default exporter ports.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9661";
+
+#[derive(Debug, Parser)]
+#[command(name = "hostscope", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as `hostscope=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "HOSTSCOPE_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes once and serve Prometheus metrics over HTTP.
+    Serve(ServeArgs),
+    /// Print a latency histogram at the terminal, like BCC's runqlat.
+    Hist(HistArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve /metrics and /healthz on.
+    #[arg(long, env = "HOSTSCOPE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Collectors to enable, comma-separated.
+    #[arg(
+        long,
+        env = "HOSTSCOPE_COLLECTORS",
+        value_delimiter = ',',
+        default_value = "sched,block,tcp"
+    )]
+    pub collectors: Vec<CollectorKind>,
+
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistArgs {
+    /// Which histogram to print.
+    pub collector: CollectorKind,
+
+    /// Seconds per interval.
+    #[arg(long, short, env = "HOSTSCOPE_INTERVAL", default_value_t = 1.0,
+          value_parser = parse_positive_seconds)]
+    pub interval: f64,
+
+    /// Number of intervals to print, then exit (0: until Ctrl-C).
+    #[arg(long, short, env = "HOSTSCOPE_COUNT", default_value_t = 1)]
+    pub count: u64,
+
+    /// Output format.
+    #[arg(long, env = "HOSTSCOPE_FORMAT", value_enum, default_value_t = HistFormat::Text)]
+    pub format: HistFormat,
+
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistFormat {
+    /// A runqlat-style table with a distribution bar per bucket.
+    Text,
+    /// One JSON object per interval, for scripts.
+    Json,
+}
+
+/// Where the kernel's interfaces live; the defaults are right on every usual system.
+#[derive(Debug, Clone, Args)]
+pub struct SystemArgs {
+    /// Where tracefs is (or gets) mounted.
+    #[arg(long, env = "HOSTSCOPE_TRACEFS", default_value = "/sys/kernel/tracing")]
+    pub tracefs: PathBuf,
+}
+
+fn parse_positive_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if seconds.is_finite() && seconds > 0.0 {
+        Ok(seconds)
+    } else {
+        Err(format!("`{text}` must be a positive number of seconds"))
+    }
+}

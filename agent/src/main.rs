@@ -1,0 +1,64 @@
+//! `hostscope`: the daemon and its terminal commands. See ARCHITECTURE.md.
+//!
+//! Errors are typed in the modules below; this file alone turns them into
+//! one line on stderr and an exit code: 2 for bad input, 1 for the rest.
+
+mod cli;
+mod collector;
+mod hist;
+mod http;
+mod metrics;
+mod privileges;
+mod probes;
+mod render;
+mod serve;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // clap itself exits with code 2 and a usage line on a bad flag.
+    let cli = Cli::parse();
+    if let Err(err) = init_logging(&cli.log_level) {
+        eprintln!(
+            "hostscope: error: invalid --log-level `{}`: {err}",
+            cli.log_level
+        );
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Hist(args) => hist::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hostscope: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// 2 when the user's input was wrong, 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<serve::BindError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics, computed at scrape time straight from the maps.
+//! Knows prometheus-client, not HTTP.
+
+use std::sync::{Arc, LazyLock};
+
+use hostscope_common::histogram::{BUCKETS, Histogram, bucket_upper_bound_ns};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet, text},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+
+use crate::collector::Collectors;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry served at /metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Metrics for the given collectors.
+    pub fn new(collectors: Arc<Collectors>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ScrapeTime { collectors }));
+        Self { registry }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the collectors' maps each time it is encoded.
+#[derive(Debug)]
+struct ScrapeTime {
+    collectors: Arc<Collectors>,
+}
+
+impl Collector for ScrapeTime {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_descriptor(
+                "hostscope_build_info",
+                "hostscope's version; always 1.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_gauge(&1i64)?;
+
+        let mut up = encoder.encode_descriptor(
+            "hostscope_collector_up",
+            "Whether an enabled collector's probes are attached (1) or not (0).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &self.collectors.statuses {
+            up.encode_family(&[("collector", status.kind.name())])?
+                .encode_gauge(&i64::from(status.down_reason.is_none()))?;
+        }
+
+        if let Some(sched) = &self.collectors.sched {
+            match sched.snapshot() {
+                Ok(histogram) => encode_histogram(
+                    &mut encoder,
+                    "hostscope_runqueue_latency",
+                    "Time runnable tasks waited on a CPU run queue, from wakeup or preemption to running.",
+                    &histogram,
+                )?,
+                // A scrape never fails for one unreadable map: log and leave it out.
+                Err(err) => tracing::warn!("reading the run-queue histogram failed: {err}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Upper bounds of every bucket in seconds, `+Inf` for the overflow bucket.
+static BOUNDS_SECONDS: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| {
+    std::array::from_fn(|i| bucket_upper_bound_ns(i).map_or(f64::INFINITY, |ns| ns as f64 / 1e9))
+});
+
+/// Encodes `histogram` as `<name>_seconds` with `_bucket`, `_sum` and `_count`.
+fn encode_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = BOUNDS_SECONDS
+        .iter()
+        .copied()
+        .zip(histogram.buckets.iter().copied())
+        .collect();
+    encoder
+        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(
+            histogram.sum_ns as f64 / 1e9,
+            histogram.count,
+            &buckets,
+            None,
+        )
+}

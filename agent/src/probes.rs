@@ -1,0 +1,171 @@
+//! Owns hostscope's eBPF object. It is loaded once (all maps created); each
+//! collector then loads and attaches only its own programs and takes only its
+//! own maps, so that one collector failing leaves the others untouched.
+//! Dropping [`Probes`] detaches and unloads every program.
+
+use aya::{
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
+    maps::{Map, MapError},
+    programs::{BtfTracePoint, ProgramError},
+};
+
+/// The programs, built by build.rs and embedded so that one file is all a
+/// host needs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostscope"));
+
+/// The object as a whole could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel has no BTF, which BTF tracepoints need.
+    #[error(
+        "cannot read the kernel's BTF at /sys/kernel/btf/vmlinux ({0}); \
+         hostscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    Btf(#[source] BtfError),
+    /// The kernel refused the object's maps.
+    #[error("loading hostscope's eBPF maps failed: {0}")]
+    Object(#[source] EbpfError),
+}
+
+/// One collector's programs or maps could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The object lacks a program this binary expects: a build mismatch.
+    #[error("program `{0}` is missing from the embedded eBPF object")]
+    MissingProgram(&'static str),
+    /// The object lacks a map this binary expects: a build mismatch.
+    #[error("map `{0}` is missing from the embedded eBPF object")]
+    MissingMap(&'static str),
+    /// A map is not of the type this binary expects: a build mismatch.
+    #[error("map `{name}` has an unexpected type: {source}")]
+    MapType {
+        /// The map's name.
+        name: &'static str,
+        /// aya's reason.
+        source: MapError,
+    },
+    /// The kernel does not have the tracepoint, or refused the program.
+    #[error("tracepoint {tracepoint} could not be loaded: {reason}")]
+    Load {
+        /// The tracepoint the program was for.
+        tracepoint: &'static str,
+        /// The first line of the kernel's or aya's reason.
+        reason: String,
+    },
+    /// The program loaded but could not be attached.
+    #[error("tracepoint {tracepoint} could not be attached: {reason}")]
+    Attach {
+        /// The tracepoint the program was for.
+        tracepoint: &'static str,
+        /// The first line of the kernel's or aya's reason.
+        reason: String,
+    },
+}
+
+/// The loaded eBPF object.
+pub struct Probes {
+    ebpf: Ebpf,
+    btf: Btf,
+}
+
+impl Probes {
+    /// Loads the embedded object: creates its maps, loads no program yet.
+    pub fn load() -> Result<Self, LoadError> {
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        let ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        Ok(Self { ebpf, btf })
+    }
+
+    /// Loads and attaches `(program, tracepoint)` pairs as BTF tracepoints,
+    /// all or nothing: on failure, the ones already attached are unloaded.
+    pub fn attach_btf_tracepoints(
+        &mut self,
+        programs: &[(&'static str, &'static str)],
+    ) -> Result<(), AttachError> {
+        for (done, &(program, tracepoint)) in programs.iter().enumerate() {
+            if let Err(err) = self.attach_btf_tracepoint(program, tracepoint) {
+                for &(attached, _) in &programs[..done] {
+                    self.unload(attached);
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_btf_tracepoint(
+        &mut self,
+        program: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), AttachError> {
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?
+            .try_into()
+            .map_err(|_| AttachError::MissingProgram(program))?;
+        prog.load(tracepoint, &self.btf)
+            .map_err(|err| AttachError::Load {
+                tracepoint,
+                reason: first_line(&err),
+            })?;
+        prog.attach().map_err(|err| AttachError::Attach {
+            tracepoint,
+            reason: first_line(&err),
+        })?;
+        tracing::debug!(program, tracepoint, "attached");
+        Ok(())
+    }
+
+    fn unload(&mut self, program: &str) {
+        let prog: Option<&mut BtfTracePoint> = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok());
+        if let Some(prog) = prog
+            && let Err(err) = prog.unload()
+        {
+            tracing::warn!(program, "unloading failed: {}", first_line(&err));
+        }
+    }
+
+    /// Takes ownership of a map, typed. Each map has exactly one owner.
+    pub fn take_map<T>(&mut self, name: &'static str) -> Result<T, AttachError>
+    where
+        T: TryFrom<Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(AttachError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| AttachError::MapType { name, source })
+    }
+}
+
+/// One line for an error: the verifier's log can run to pages, and a log
+/// line or metric reason must stay one line. For a verifier rejection that
+/// line is the verifier's own complaint (the last line before its
+/// statistics); the whole log goes to the debug log.
+fn first_line(err: &ProgramError) -> String {
+    let full = err.to_string();
+    tracing::debug!("{full}");
+    let headline = full.lines().next().unwrap_or_default();
+    let headline = headline
+        .split_once(" Verifier output:")
+        .map_or(headline, |(before, _)| before);
+    let complaint = full.lines().rev().map(str::trim).find(|line| {
+        !line.is_empty()
+            && !line.starts_with("verification time")
+            && !line.starts_with("processed ")
+            && !line.starts_with("stack depth")
+    });
+    match complaint {
+        Some(complaint) if full.contains("Verifier output:") && complaint != headline => {
+            format!("{headline}; verifier: {complaint}")
+        }
+        _ => headline.to_owned(),
+    }
+}

@@ -56,15 +56,9 @@ pub fn text(title: &str, histogram: &Histogram, interval_seconds: f64) -> String
         quantile(0.5),
         quantile(0.99),
     );
-    let used = histogram
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c > 0);
-    let (Some(first), Some(last)) = (
-        used.clone().map(|(i, _)| i).next(),
-        used.map(|(i, _)| i).last(),
-    ) else {
+    let first_used = histogram.buckets.iter().position(|c| *c > 0);
+    let last_used = histogram.buckets.iter().rposition(|c| *c > 0);
+    let (Some(first), Some(last)) = (first_used, last_used) else {
         let _ = writeln!(out, "    (no events)");
         return out;
     };

@@ -1,0 +1,146 @@
+//! `cargo xtask`: set up, build, run and test hostscope on a fresh machine.
+//!
+//! Every task first checks the prerequisites and installs what it can
+//! (Debian's rust-web toolchain with its library source, bpf-linker built
+//! against the same LLVM, the `debian-bpf` rustup link, tracefs), and says in
+//! one line what to do about what it can't.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark hostscope"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install or check every prerequisite, then stop.
+    Setup,
+    /// Build the release binary at target/release/hostscope.
+    Build,
+    /// Build, then run the daemon (arguments after `--` go to hostscope; default `serve`).
+    Run {
+        /// Arguments for hostscope.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run formatting and lint checks, unit tests and the integration tests
+    /// against the real kernel (needs root).
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::toolchain().and_then(|()| setup::kernel()),
+        Task::Build => build(),
+        Task::Run { args } => run(args),
+        Task::Test { filter } => test(filter),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The release binary `build` leaves behind.
+pub fn release_binary() -> PathBuf {
+    workspace_root().join("target/release/hostscope")
+}
+
+/// `cargo` with the environment the eBPF build needs.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    // The BPF target has no prebuilt `core`: aya-build rebuilds it with
+    // -Z build-std, which a stable compiler accepts only with RUSTC_BOOTSTRAP.
+    cmd.env("RUSTC_BOOTSTRAP", "1");
+    cmd
+}
+
+/// Runs `cmd`, failing with its description if it does not succeed.
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::toolchain()?;
+    run_checked(cargo().args(["build", "--release", "--package", "hostscope"]))?;
+    eprintln!("xtask: built {}", release_binary().display());
+    Ok(())
+}
+
+fn run(mut args: Vec<String>) -> anyhow::Result<()> {
+    build()?;
+    setup::kernel()?;
+    if args.is_empty() {
+        args.push("serve".into());
+    }
+    let mut cmd = Command::new(release_binary());
+    cmd.args(&args);
+    // Replace this process, so that Ctrl-C and SIGTERM reach the daemon alone.
+    use std::os::unix::process::CommandExt as _;
+    Err(cmd.exec()).context("cannot start target/release/hostscope")
+}
+
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    setup::toolchain()?;
+    setup::kernel()?;
+    setup::require_root("the integration tests load eBPF programs into the kernel")?;
+    setup::test_tools()?;
+    run_checked(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    run_checked(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "hostscope-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_checked(cargo().args(["build", "--release", "--package", "hostscope"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "hostscope-ebpf"])
+        .env("HOSTSCOPE_BIN", release_binary())
+        // Integration tests compare system-wide kernel accounting with the
+        // probes' totals: they must not run alongside each other.
+        .args(["--", "--test-threads=1"]);
+    if let Some(filter) = filter {
+        cmd.arg(filter);
+    }
+    run_checked(&mut cmd)
+}

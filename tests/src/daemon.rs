@@ -1,0 +1,165 @@
+//! Starting and stopping the real daemon.
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{exposition::Exposition, hostscope_bin, require_root};
+
+/// A running `hostscope serve`, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with `--collectors collectors` and waits until it
+    /// serves and every named collector reports up. Panics, with the
+    /// daemon's log, if it does not.
+    pub fn start(collectors: &str) -> Daemon {
+        Self::start_with(collectors, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra arguments for `serve`.
+    pub fn start_with(collectors: &str, extra: &[&str]) -> Daemon {
+        let daemon = Self::spawn(collectors, extra);
+        let exposition = daemon.scrape();
+        for name in collectors.split(',') {
+            let up = exposition.value("hostscope_collector_up", &[("collector", name)]);
+            assert_eq!(
+                up,
+                Some(1.0),
+                "collector {name} is not up; daemon log:\n{}",
+                daemon.log()
+            );
+        }
+        daemon
+    }
+
+    /// Starts the daemon and waits only until /healthz answers.
+    pub fn spawn(collectors: &str, extra: &[&str]) -> Daemon {
+        require_root();
+        let addr = free_local_addr();
+        let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
+        let log_file = File::create(&log).expect("create the daemon's log file");
+        let child = Command::new(hostscope_bin())
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--collectors",
+                collectors,
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start hostscope");
+        let mut daemon = Daemon {
+            child: Some(child),
+            addr,
+            log,
+        };
+        daemon.wait_healthy();
+        daemon
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("hostscope exited early ({status}); log:\n{}", self.log());
+            }
+            if self.get("/healthz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "hostscope did not serve /healthz within 20 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// GETs `path`, returning the status and body (status 0 if the connection failed).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        match agent.get(format!("http://{}{path}", self.addr)).call() {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                (status, body)
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Scrapes /metrics.
+    pub fn scrape(&self) -> Exposition {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(
+            status,
+            200,
+            "GET /metrics failed: {body}\nlog:\n{}",
+            self.log()
+        );
+        Exposition::parse(&body)
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the daemon runs");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for hostscope") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "hostscope did not exit within 10 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_local_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}

@@ -1,0 +1,56 @@
+//! Harness for hostscope's integration tests.
+//!
+//! The tests run the real `hostscope` binary, which loads the real eBPF
+//! programs into the running kernel, and compare what it reports with what
+//! the kernel itself accounts. They need root and *fail* (never skip) when
+//! the probes cannot load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test harness reports failure by panicking"
+)]
+
+pub mod daemon;
+pub mod exposition;
+pub mod schedstat;
+pub mod workload;
+
+use std::path::PathBuf;
+
+/// The binary under test: `$HOSTSCOPE_BIN` (set by `cargo xtask test`), or
+/// the release build in this workspace.
+pub fn hostscope_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("HOSTSCOPE_BIN") {
+        return path.into();
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/hostscope");
+    assert!(
+        path.exists(),
+        "no hostscope binary at {}: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless running as root: these tests load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests load eBPF programs and must run as root; they fail rather than skip"
+    );
+}
+
+/// Asserts that `actual` is within `tolerance` (a fraction) of `expected`.
+#[track_caller]
+pub fn assert_close(what: &str, actual: f64, expected: f64, tolerance: f64) {
+    let error = (actual - expected).abs() / expected.abs().max(f64::MIN_POSITIVE);
+    assert!(
+        error <= tolerance,
+        "{what}: got {actual}, expected {expected} within {:.1}% (off by {:.2}%)",
+        tolerance * 100.0,
+        error * 100.0
+    );
+}

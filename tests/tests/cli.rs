@@ -1,0 +1,126 @@
+//! Bad input gets one clear line and the documented exit code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{net::TcpListener, process::Command};
+
+use hostscope_tests::{daemon::Daemon, hostscope_bin, require_root};
+
+/// Runs hostscope with `args`; returns (exit code, stderr).
+fn hostscope(args: &[&str]) -> (i32, String) {
+    let output = Command::new(hostscope_bin())
+        .args(args)
+        .output()
+        .expect("run hostscope");
+    (
+        output.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_usage_error(args: &[&str], mentions: &str) {
+    let (code, stderr) = hostscope(args);
+    assert_eq!(code, 2, "{args:?} exited {code}: {stderr}");
+    assert!(
+        stderr.contains(mentions),
+        "{args:?}: `{mentions}` not in: {stderr}"
+    );
+}
+
+#[test]
+fn unknown_collector_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "--collectors", "sched,disk"],
+        "invalid value 'disk'",
+    );
+    assert_usage_error(&["hist", "gpu"], "invalid value 'gpu'");
+}
+
+#[test]
+fn bad_listen_address_is_a_usage_error() {
+    assert_usage_error(
+        &["serve", "--listen", "localhost"],
+        "invalid value 'localhost'",
+    );
+    assert_usage_error(&["serve", "--listen", "127.0.0.1:99999"], "invalid value");
+}
+
+#[test]
+fn environment_variables_are_read_and_checked() {
+    let output = Command::new(hostscope_bin())
+        .arg("serve")
+        .env("HOSTSCOPE_COLLECTORS", "sched,nope")
+        .output()
+        .expect("run hostscope");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'nope'"));
+}
+
+#[test]
+fn port_in_use_is_a_usage_error_with_one_line() {
+    require_root();
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let (code, stderr) = hostscope(&["serve", "--listen", &addr, "--collectors", "sched"]);
+    assert_eq!(code, 2, "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(errors[0].contains("--listen"), "says what to do: {stderr}");
+}
+
+#[test]
+fn bad_interval_and_log_level_are_usage_errors() {
+    assert_usage_error(
+        &["hist", "sched", "--interval", "0"],
+        "positive number of seconds",
+    );
+    assert_usage_error(&["hist", "sched", "--interval", "soon"], "not a number");
+    assert_usage_error(
+        &["--log-level", "loud=[", "hist", "sched"],
+        "invalid --log-level",
+    );
+}
+
+/// Without CAP_BPF/CAP_PERFMON (here: as nobody, no capabilities) hostscope
+/// says in one line which capability is missing and how to grant it.
+#[test]
+fn missing_capability_is_named_in_one_line() {
+    require_root();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(hostscope_bin())
+        .args(["hist", "sched"])
+        .output()
+        .expect("setpriv (util-linux) runs hostscope as nobody");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing capability CAP_BPF, CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("setcap"), "says what to do: {stderr}");
+}
+
+#[test]
+fn healthz_and_index_answer() {
+    let daemon = Daemon::start("sched");
+    assert_eq!(daemon.get("/healthz"), (200, "ok\n".to_owned()));
+    let (status, index) = daemon.get("/");
+    assert_eq!(status, 200);
+    assert!(index.contains("/metrics"));
+    assert_eq!(daemon.get("/nope").0, 404);
+    let exposition = daemon.scrape();
+    assert_eq!(
+        exposition.value(
+            "hostscope_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+}

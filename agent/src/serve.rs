@@ -41,6 +41,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     prepare_tracefs(&args.system.tracefs);
     let mut probes = Probes::load()?;
     let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
+    probes.release_btf();
     let metrics = Arc::new(Metrics::new(collectors));
 
     tracing::info!(listen = %args.listen, "serving /metrics");

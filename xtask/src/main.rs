@@ -5,6 +5,7 @@
 //! against the same LLVM, the `debian-bpf` rustup link, tracefs), and says in
 //! one line what to do about what it can't.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -43,6 +44,8 @@ enum Task {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Measure hostscope against libbpf-tools and bpftrace; writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Build => build(),
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,153 @@
+//! The daemon's own costs: start-up, memory, CPU, scrape latency.
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::programs::Holder;
+
+/// A running daemon on a free loopback port.
+pub struct Daemon {
+    /// The process.
+    pub holder: Holder,
+    /// Its pid.
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// From spawn to the first successful scrape.
+    pub ready_after: Duration,
+}
+
+/// Starts `hostscope serve` with every collector and waits for a scrape that
+/// reports every collector's state.
+pub fn start() -> anyhow::Result<Daemon> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let child = Command::new(crate::release_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--collectors", "sched,block,tcp", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting hostscope")?;
+    let pid = child.id();
+    let mut holder = Holder::Process(child);
+    let agent = agent();
+    loop {
+        if let Ok(mut response) = agent.get(format!("{url}/metrics")).call()
+            && response.status() == 200
+        {
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            if ["sched", "block", "tcp"]
+                .iter()
+                .all(|c| body.contains(&format!("hostscope_collector_up{{collector=\"{c}\"}}")))
+            {
+                let ready_after = started.elapsed();
+                return Ok(Daemon {
+                    holder,
+                    pid,
+                    url,
+                    ready_after,
+                });
+            }
+        }
+        if let Holder::Process(child) = &mut holder
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("hostscope exited during start-up ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("hostscope was not ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A blocking HTTP client.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// CPU time of every thread of `pid`, in nanoseconds (schedstat: exact,
+/// unlike clock ticks).
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.
+pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("{name} not in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// `/metrics` latency (p50, p99) in ms under `connections` concurrent
+/// clients for `seconds`, measured by wrk.
+pub fn scrape_latency(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64)> {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .arg(format!("{url}/metrics"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || text.contains("Non-2xx") {
+        bail!("wrk failed: {text}");
+    }
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+            .and_then(parse_wrk_duration_ms)
+            .with_context(|| format!("no {p} line in wrk's output: {text}"))
+    };
+    Ok((percentile("50%")?, percentile("99%")?))
+}
+
+fn parse_wrk_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    Some(match unit {
+        "us" => value / 1e3,
+        "ms" => value,
+        "s" => value * 1e3,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_durations_convert_to_ms() {
+        assert_eq!(super::parse_wrk_duration_ms("520.00us"), Some(0.52));
+        assert_eq!(super::parse_wrk_duration_ms("1.20ms"), Some(1.2));
+        assert_eq!(super::parse_wrk_duration_ms("2.00s"), Some(2000.0));
+    }
+}

@@ -1,0 +1,444 @@
+//! `cargo xtask bench`: hostscope measured side by side with its peers
+//! (libbpf-tools, bpftrace) in one run, reported as ratios in BENCHMARKS.md.
+//! Targets are goals, not assertions: a missed one is marked in the table.
+
+mod daemon;
+mod programs;
+mod report;
+mod workloads;
+
+use std::{process::Command, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use self::{
+    programs::{Attached, Holder},
+    report::{Report, Row},
+};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shorter windows and fewer repetitions (a smoke run, figures noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: std::path::PathBuf,
+}
+
+/// Run lengths.
+struct Plan {
+    pipe_loops: u64,
+    pipe_reps: usize,
+    fio_seconds: u64,
+    fio_reps: usize,
+    tcp_round_trips: u64,
+    idle_window: Duration,
+    scrape_window: Duration,
+    wrk_seconds: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                pipe_loops: 50_000,
+                pipe_reps: 3,
+                fio_seconds: 3,
+                fio_reps: 2,
+                tcp_round_trips: 20_000,
+                idle_window: Duration::from_secs(5),
+                scrape_window: Duration::from_secs(5),
+                wrk_seconds: 3,
+            }
+        } else {
+            Plan {
+                pipe_loops: 200_000,
+                pipe_reps: 7,
+                fio_seconds: 5,
+                fio_reps: 5,
+                tcp_round_trips: 100_000,
+                idle_window: Duration::from_secs(30),
+                scrape_window: Duration::from_secs(30),
+                wrk_seconds: 10,
+            }
+        }
+    }
+}
+
+/// Runs every benchmark and writes the report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::setup::toolchain()?;
+    crate::setup::kernel()?;
+    crate::setup::require_root("benchmarks load eBPF programs and read their statistics")?;
+    crate::setup::apt_install_missing(&[
+        ("bpftool", "bpftool"),
+        ("runqlat", "libbpf-tools"),
+        ("bpftrace", "bpftrace"),
+        ("perf", "linux-perf"),
+        ("fio", "fio"),
+        ("wrk", "wrk"),
+        ("losetup", "mount"),
+    ])?;
+    crate::run_checked(crate::cargo().args(["build", "--release", "--package", "hostscope"]))?;
+
+    let plan = Plan::new(args.quick);
+    let mut report = Report::new(args.quick)?;
+    {
+        let _stats = BpfStats::enable()?;
+        section(&mut report, "per-event cost", |r| per_event_cost(r, &plan));
+    }
+    section(&mut report, "workload slowdown", |r| slowdown(r, &plan));
+    section(&mut report, "daemon", |r| daemon_costs(r, &plan));
+
+    let markdown = report.markdown();
+    println_table(&markdown);
+    let path = crate::workspace_root().join(&args.output);
+    std::fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+#[expect(clippy::print_stdout, reason = "the table is this task's output")]
+fn println_table(markdown: &str) {
+    println!("{markdown}");
+}
+
+/// Runs one section; a failure becomes a row saying why, not an abort.
+fn section(report: &mut Report, name: &str, body: impl FnOnce(&mut Report) -> anyhow::Result<()>) {
+    eprintln!("xtask: bench: {name}");
+    if let Err(err) = body(report) {
+        eprintln!("xtask: bench: {name} failed: {err:#}");
+        report.push(Row::failed(name, &format!("{err:#}")));
+    }
+}
+
+/// Turns on `kernel.bpf_stats_enabled` and restores it on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<Self> {
+        let old = std::fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
+        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
+        Ok(Self(old.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+fn spawn(program: &str, args: &[&str]) -> anyhow::Result<Holder> {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    Ok(Holder::Process(child))
+}
+
+const SCHED_PROGRAMS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
+
+/// Every tool attached at once, then each workload in turn; per-event cost
+/// is each tool's run time over its run count on that workload's events.
+fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let hostscope = Attached::start("hostscope", 0, || Ok(daemon::start()?.holder))?;
+    let runqlat = Attached::start("libbpf-tools runqlat", 3, || spawn("runqlat", &["3600"]))?;
+    let runqlat_bt = Attached::start("bpftrace runqlat", 0, || {
+        spawn("bpftrace", &["-e", RUNQLAT_BPFTRACE])
+    })?;
+    let biolatency = Attached::start("libbpf-tools biolatency", 0, || {
+        spawn("biolatency", &["3600"])
+    })?;
+    let tcp_bt = Attached::start("bpftrace tcp_probe histogram", 0, || {
+        spawn("bpftrace", &["-e", TCP_BPFTRACE])
+    })?;
+    let floor = Attached::start("empty tp_btf program", 2, || {
+        programs::load_floor(&[
+            ("floor_sched_switch", "sched_switch"),
+            ("floor_sched_wakeup", "sched_wakeup"),
+        ])
+    })?;
+    let section = "per-event cost";
+
+    let (before, after) = around(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;
+    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, count) = tool.accrued(&before, &after, filter);
+        (count > 0).then(|| time as f64 / count as f64)
+    };
+    let sched = |name: &str| SCHED_PROGRAMS.contains(&name);
+    let ours = cost(&hostscope, &sched);
+    let metric = "scheduler probes, ns/event (perf bench sched pipe)";
+    report.push(Row::ratio(
+        section,
+        metric,
+        ours,
+        &runqlat.label,
+        cost(&runqlat, &sched),
+        "<= 0.5x",
+        0.5,
+    ));
+    for peer in [&runqlat_bt, &floor] {
+        let peer_cost = cost(peer, &|_| true);
+        report.push(Row::ratio(
+            section,
+            metric,
+            ours,
+            &peer.label,
+            peer_cost,
+            "",
+            f64::NAN,
+        ));
+    }
+    for name in SCHED_PROGRAMS {
+        let only = |n: &str| n == name;
+        let metric = format!("  {name}, ns/event");
+        report.push(Row::ratio(
+            section,
+            &metric,
+            cost(&hostscope, &only),
+            &runqlat.label,
+            cost(&runqlat, &only),
+            "",
+            f64::NAN,
+        ));
+    }
+
+    let device = workloads::LoopDevice::create(256)?;
+    let (before, after) =
+        around(|| workloads::fio_randread(&device.path, plan.fio_seconds).map(drop))?;
+    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, count) = tool.accrued(&before, &after, filter);
+        (count > 0).then(|| time as f64 / count as f64)
+    };
+    let block = |name: &str| name.starts_with("block");
+    let metric = "block probes, ns/event (fio 4k direct reads, loop device)";
+    report.push(Row::ratio(
+        section,
+        metric,
+        cost(&hostscope, &block),
+        &biolatency.label,
+        cost(&biolatency, &|_| true),
+        "<= 0.7x",
+        0.7,
+    ));
+
+    let (before, after) =
+        around(|| workloads::tcp_ping_pong(plan.tcp_round_trips, 1_000).map(drop))?;
+    let tcp = |name: &str| name.contains("tcp") || name.contains("inet");
+    let (ours_time, ours_count) = hostscope.accrued(&before, &after, tcp);
+    let (peer_time, peer_count) = tcp_bt.accrued(&before, &after, |_| true);
+    let per = |t: u64, c: u64| (c > 0).then(|| t as f64 / c as f64);
+    let metric = "TCP probes, ns/event (loopback ping-pong + connects)";
+    report.push(Row::ratio(
+        section,
+        metric,
+        per(ours_time, ours_count),
+        &tcp_bt.label,
+        per(peer_time, peer_count),
+        "",
+        f64::NAN,
+    ));
+    Ok(())
+}
+
+/// runqlat.bt's logic. Debian's /usr/sbin/runqlat.bt itself includes
+/// <linux/sched.h> for TASK_RUNNING, which fails without kernel headers.
+const RUNQLAT_BPFTRACE: &str = "\
+    tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @qtime[args->pid] = nsecs; } \
+    tracepoint:sched:sched_switch { \
+        if (args->prev_state == 0) { @qtime[args->prev_pid] = nsecs; } \
+        $ns = @qtime[args->next_pid]; \
+        if ($ns) { @usecs = hist((nsecs - $ns) / 1000); } \
+        delete(@qtime[args->next_pid]); \
+    }";
+
+/// bpftrace's equivalent of our TCP RTT histogram and retransmit counter.
+const TCP_BPFTRACE: &str = "tracepoint:tcp:tcp_probe { @srtt = hist(args->srtt); } \
+    tracepoint:tcp:tcp_retransmit_skb { @retransmits = count(); }";
+
+/// Program statistics just before and just after `workload`.
+fn around(
+    workload: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(
+    std::collections::BTreeMap<u64, programs::ProgStats>,
+    std::collections::BTreeMap<u64, programs::ProgStats>,
+)> {
+    let before = programs::snapshot()?;
+    workload()?;
+    Ok((before, programs::snapshot()?))
+}
+
+/// Starts a tool for a slowdown measurement.
+type Starter = Box<dyn Fn() -> anyhow::Result<Holder>>;
+
+fn hostscope_starter() -> Starter {
+    Box::new(|| Ok(daemon::start()?.holder))
+}
+
+fn peer_starter(program: &'static str, args: &'static [&'static str]) -> Starter {
+    Box::new(move || spawn(program, args))
+}
+
+/// Throughput of the workloads with nothing attached, with hostscope, and
+/// with each peer, as the median of several runs.
+fn slowdown(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let pipe = || workloads::sched_pipe(plan.pipe_loops);
+    let tools = [
+        (
+            "hostscope (all collectors)",
+            hostscope_starter(),
+            Some(0.97),
+        ),
+        (
+            "libbpf-tools runqlat",
+            peer_starter("runqlat", &["3600"]),
+            None,
+        ),
+        (
+            "bpftrace runqlat",
+            peer_starter("bpftrace", &["-e", RUNQLAT_BPFTRACE]),
+            None,
+        ),
+    ];
+    compare_throughput(
+        report,
+        "perf bench sched pipe ops/s",
+        plan.pipe_reps,
+        pipe,
+        tools,
+    )?;
+
+    let device = workloads::LoopDevice::create(256)?;
+    let fio = || workloads::fio_randread(&device.path, plan.fio_seconds);
+    let tools = [
+        ("hostscope (all collectors)", hostscope_starter(), None),
+        (
+            "libbpf-tools biolatency",
+            peer_starter("biolatency", &["3600"]),
+            None,
+        ),
+    ];
+    compare_throughput(report, "fio 4k direct read IOPS", plan.fio_reps, fio, tools)
+}
+
+/// Runs `workload` `reps` times bare, then with each tool attached; a tool
+/// with a limit must keep at least that fraction of the bare throughput.
+fn compare_throughput<const N: usize>(
+    report: &mut Report,
+    metric: &str,
+    reps: usize,
+    workload: impl Fn() -> anyhow::Result<f64>,
+    tools: [(&str, Starter, Option<f64>); N],
+) -> anyhow::Result<()> {
+    let bare = repeat(reps, &workload)?;
+    for (label, start, limit) in tools {
+        let _tool = Attached::start(label, 0, start)?;
+        let with = repeat(reps, &workload)?;
+        let target = limit.map_or(String::new(), |l| {
+            format!("< {:.0}% slower", (1.0 - l) * 100.0)
+        });
+        report.push(Row::slowdown(
+            "workload slowdown",
+            &format!("{metric}, {label}"),
+            &with,
+            &bare,
+            &target,
+            limit.unwrap_or(f64::NAN),
+        ));
+    }
+    Ok(())
+}
+
+fn repeat(reps: usize, run: impl Fn() -> anyhow::Result<f64>) -> anyhow::Result<Vec<f64>> {
+    (0..reps).map(|_| run()).collect()
+}
+
+/// Start-up time, memory, CPU when idle and per scrape, scrape latency.
+fn daemon_costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        ready.push(daemon::start()?.ready_after.as_secs_f64() * 1e3);
+    }
+    ready.sort_by(f64::total_cmp);
+    report.push(Row::value(
+        "daemon",
+        "start to first scrape with all probes attached, ms (median of 3)",
+        ready[1],
+        "< 300 ms",
+        ready[1] < 300.0,
+    ));
+
+    let daemon = daemon::start()?;
+    let agent = daemon::agent();
+    let cpu_start = daemon::cpu_ns(daemon.pid)?;
+    std::thread::sleep(plan.idle_window);
+    let cpu_idle = daemon::cpu_ns(daemon.pid)? - cpu_start;
+    let scrapes = plan.scrape_window.as_secs();
+    let cpu_before_scrapes = daemon::cpu_ns(daemon.pid)?;
+    for _ in 0..scrapes {
+        agent
+            .get(format!("{}/metrics", daemon.url))
+            .call()
+            .context("scraping")?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let cpu_scraping = daemon::cpu_ns(daemon.pid)? - cpu_before_scrapes;
+    let idle_per_second = cpu_idle as f64 / plan.idle_window.as_secs_f64();
+    let per_scrape =
+        (cpu_scraping as f64 - idle_per_second * scrapes as f64).max(0.0) / scrapes as f64;
+    let at_15s = (idle_per_second + per_scrape / 15.0) / 1e9 * 100.0;
+    report.push(Row::value(
+        "daemon",
+        "CPU per scrape, ms",
+        per_scrape / 1e6,
+        "",
+        true,
+    ));
+    report.push(Row::value(
+        "daemon",
+        "CPU when scraped every 15 s, % of one core",
+        at_15s,
+        "< 0.2%",
+        at_15s < 0.2,
+    ));
+    let (rss, peak) = daemon::memory_kib(daemon.pid)?;
+    report.push(Row::value(
+        "daemon",
+        "resident memory after scraping, MiB",
+        rss as f64 / 1024.0,
+        "< 25 MiB",
+        (rss as f64) < 25.0 * 1024.0,
+    ));
+    let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
+    report.push(Row::value(
+        "daemon",
+        "/metrics p50 latency, 50 clients, ms",
+        p50,
+        "",
+        true,
+    ));
+    report.push(Row::value(
+        "daemon",
+        "/metrics p99 latency, 50 clients, ms",
+        p99,
+        "< 2 ms",
+        p99 < 2.0,
+    ));
+    let (_, peak_after) = daemon::memory_kib(daemon.pid)?;
+    report.push(Row::value(
+        "daemon",
+        "peak resident memory under 50 clients, MiB",
+        peak.max(peak_after) as f64 / 1024.0,
+        "",
+        true,
+    ));
+    Ok(())
+}

@@ -17,7 +17,7 @@ pub enum PrivilegeError {
         missing: String,
     },
     /// The capability sets could not be read from /proc/self/status.
-    #[error("cannot read this process's capabilities: {0}")]
+    #[error("cannot read this process's capabilities")]
     Unreadable(#[from] caps::errors::CapsError),
 }
 

@@ -21,10 +21,10 @@ pub enum LoadError {
         "cannot read the kernel's BTF at /sys/kernel/btf/vmlinux ({0}); \
          hostscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
-    Btf(#[source] BtfError),
+    Btf(BtfError),
     /// The kernel refused the object's maps.
     #[error("loading hostscope's eBPF maps failed: {0}")]
-    Object(#[source] EbpfError),
+    Object(EbpfError),
 }
 
 /// One collector's programs or maps could not be set up.
@@ -37,12 +37,12 @@ pub enum AttachError {
     #[error("map `{0}` is missing from the embedded eBPF object")]
     MissingMap(&'static str),
     /// A map is not of the type this binary expects: a build mismatch.
-    #[error("map `{name}` has an unexpected type: {source}")]
+    #[error("map `{name}` has an unexpected type: {reason}")]
     MapType {
         /// The map's name.
         name: &'static str,
         /// aya's reason.
-        source: MapError,
+        reason: MapError,
     },
     /// The kernel does not have the tracepoint, or refused the program.
     #[error("tracepoint {tracepoint} could not be loaded: {reason}")]
@@ -79,6 +79,9 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         let ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            // Task storage has no typed wrapper in aya; only the kernel side
+            // uses it, so letting aya create it untyped is all we need.
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         Ok(Self {
@@ -159,7 +162,7 @@ impl Probes {
             .ebpf
             .take_map(name)
             .ok_or(AttachError::MissingMap(name))?;
-        T::try_from(map).map_err(|source| AttachError::MapType { name, source })
+        T::try_from(map).map_err(|reason| AttachError::MapType { name, reason })
     }
 }
 

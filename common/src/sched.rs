@@ -4,13 +4,6 @@
 /// [`crate::histogram::Histogram`] entry.
 pub const RUNQ_LATENCY_MAP: &str = "RUNQ_LATENCY";
 
-/// Map of enqueue timestamps keyed by `struct task_struct *`.
-pub const RUNQ_ENQUEUED_MAP: &str = "RUNQ_ENQUEUED";
-
-/// Default number of tasks that can be waiting on a run queue at once
-/// (the same bound libbpf-tools' runqlat uses).
-pub const RUNQ_ENQUEUED_DEFAULT_ENTRIES: u32 = 10_240;
-
 /// The eBPF programs of the scheduler collector, by function name, paired
 /// with the BTF tracepoint each attaches to.
 pub const SCHED_PROGRAMS: [(&str, &str); 3] = [

@@ -10,6 +10,7 @@
 mod floor;
 mod histogram;
 mod sched;
+mod task_storage;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -159,6 +159,7 @@ pub fn load_floor(programs: &[(&str, &str)]) -> anyhow::Result<Holder> {
     let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     let mut ebpf = aya::EbpfLoader::new()
         .btf(Some(&btf))
+        .allow_unsupported_maps()
         .load_file(&object)
         .with_context(|| format!("loading {}", object.display()))?;
     for (program, tracepoint) in programs {

@@ -27,12 +27,28 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     {
         bail!("the {} collector could not start: {reason}", args.collector);
     }
-    let read = || -> anyhow::Result<Histogram> {
-        match (args.collector, &collectors.sched) {
-            (CollectorKind::Sched, Some(sched)) => {
-                sched.snapshot().context("reading the histogram map")
+    let read = || -> anyhow::Result<Vec<Series>> {
+        match args.collector {
+            CollectorKind::Sched => {
+                let sched = collectors.sched.as_ref().context("sched is not running")?;
+                let histogram = sched.snapshot().context("reading the histogram map")?;
+                Ok(vec![(Vec::new(), histogram)])
             }
-            (kind, _) => bail!("the {kind} collector is not running"),
+            CollectorKind::Block => {
+                let block = collectors.block.as_ref().context("block is not running")?;
+                let snapshot = block.snapshot().context("reading the histogram maps")?;
+                Ok(snapshot
+                    .series
+                    .into_iter()
+                    .map(|s| {
+                        (
+                            vec![("device", s.device), ("op", s.op.to_owned())],
+                            s.histogram,
+                        )
+                    })
+                    .collect())
+            }
+            kind => bail!("the {kind} collector is not running"),
         }
     };
 
@@ -57,7 +73,16 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         });
         let now = read()?;
         let elapsed = started.elapsed().as_secs_f64();
-        print(&args, &now.since(&previous), elapsed)?;
+        if now.is_empty() && args.format == HistFormat::Text {
+            print_idle(args.collector, elapsed);
+        }
+        for (labels, histogram) in &now {
+            let before = previous
+                .iter()
+                .find(|(l, _)| l == labels)
+                .map_or(Histogram::ZERO, |(_, h)| *h);
+            print(&args, labels, &histogram.since(&before), elapsed)?;
+        }
         printed += 1;
         if interrupted {
             break;
@@ -80,12 +105,36 @@ fn title(kind: CollectorKind) -> &'static str {
     clippy::print_stdout,
     reason = "printing the histogram is this command's job"
 )]
-fn print(args: &HistArgs, delta: &Histogram, elapsed: f64) -> anyhow::Result<()> {
+fn print_idle(kind: CollectorKind, elapsed: f64) {
+    println!("{} over {elapsed:.2} s: no events\n", title(kind));
+}
+
+/// Label pairs and the histogram they name.
+type Series = (Vec<(&'static str, String)>, Histogram);
+
+#[expect(
+    clippy::print_stdout,
+    reason = "printing the histogram is this command's job"
+)]
+fn print(
+    args: &HistArgs,
+    labels: &[(&'static str, String)],
+    delta: &Histogram,
+    elapsed: f64,
+) -> anyhow::Result<()> {
     match args.format {
-        HistFormat::Text => println!("{}", render::text(title(args.collector), delta, elapsed)),
+        HistFormat::Text => {
+            let mut title = title(args.collector).to_owned();
+            for (_, value) in labels {
+                title.push(' ');
+                title.push_str(value);
+            }
+            println!("{}", render::text(&title, delta, elapsed));
+        }
         HistFormat::Json => {
             let interval = render::JsonInterval {
                 collector: args.collector.name(),
+                labels: labels.iter().map(|(k, v)| (*k, v.as_str())).collect(),
                 interval_seconds: elapsed,
                 count: delta.count,
                 sum_ns: delta.sum_ns,

@@ -7,6 +7,7 @@ mod cli;
 mod collector;
 mod hist;
 mod http;
+mod kernel_layout;
 mod metrics;
 mod privileges;
 mod probes;

@@ -69,14 +69,41 @@ impl Collector for ScrapeTime {
 
         if let Some(sched) = &self.collectors.sched {
             match sched.snapshot() {
-                Ok(histogram) => encode_histogram(
+                Ok(histogram) => encode_histograms(
                     &mut encoder,
                     "hostscope_runqueue_latency",
                     "Time runnable tasks waited on a CPU run queue, from wakeup or preemption to running.",
-                    &histogram,
+                    [(&[][..], &histogram)],
                 )?,
                 // A scrape never fails for one unreadable map: log and leave it out.
                 Err(err) => tracing::warn!("reading the run-queue histogram failed: {err}"),
+            }
+        }
+        if let Some(block) = &self.collectors.block {
+            match block.snapshot() {
+                Ok(snapshot) => {
+                    let labels: Vec<[(&str, &str); 2]> = snapshot
+                        .series
+                        .iter()
+                        .map(|s| [("device", s.device.as_str()), ("op", s.op)])
+                        .collect();
+                    encode_histograms(
+                        &mut encoder,
+                        "hostscope_block_io_latency",
+                        "Block I/O latency from issue to the device driver to completion, per disk and operation.",
+                        labels
+                            .iter()
+                            .zip(&snapshot.series)
+                            .map(|(l, s)| (&l[..], &s.histogram)),
+                    )?;
+                    encode_counter(
+                        &mut encoder,
+                        "hostscope_block_io_dropped",
+                        "Block requests not measured because a kernel map was full.",
+                        snapshot.dropped,
+                    )?;
+                }
+                Err(err) => tracing::warn!("reading the block I/O histograms failed: {err}"),
             }
         }
         Ok(())
@@ -88,24 +115,42 @@ static BOUNDS_SECONDS: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| {
     std::array::from_fn(|i| bucket_upper_bound_ns(i).map_or(f64::INFINITY, |ns| ns as f64 / 1e9))
 });
 
-/// Encodes `histogram` as `<name>_seconds` with `_bucket`, `_sum` and `_count`.
-fn encode_histogram(
+/// Encodes one histogram family `<name>_seconds` (with `_bucket`, `_sum`
+/// and `_count`): one series per label set, or a single unlabelled one.
+fn encode_histograms<'h>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    histogram: &Histogram,
+    series: impl IntoIterator<Item = (&'h [(&'h str, &'h str)], &'h Histogram)>,
 ) -> Result<(), std::fmt::Error> {
-    let buckets: Vec<(f64, u64)> = BOUNDS_SECONDS
-        .iter()
-        .copied()
-        .zip(histogram.buckets.iter().copied())
-        .collect();
+    let mut family =
+        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (labels, histogram) in series {
+        let buckets: Vec<(f64, u64)> = BOUNDS_SECONDS
+            .iter()
+            .copied()
+            .zip(histogram.buckets.iter().copied())
+            .collect();
+        let sum = histogram.sum_ns as f64 / 1e9;
+        if labels.is_empty() {
+            family.encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
+        } else {
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes an unlabelled counter `<name>_total`.
+fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
     encoder
-        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
-        .encode_histogram::<NoLabelSet>(
-            histogram.sum_ns as f64 / 1e9,
-            histogram.count,
-            &buckets,
-            None,
-        )
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
 }

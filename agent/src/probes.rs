@@ -3,6 +3,8 @@
 //! own maps, so that one collector failing leaves the others untouched.
 //! Dropping [`Probes`] detaches and unloads every program.
 
+use crate::kernel_layout;
+
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
     maps::{Map, MapError},
@@ -52,6 +54,9 @@ pub enum AttachError {
         /// The first line of the kernel's or aya's reason.
         reason: String,
     },
+    /// Fields a program reads are not in this kernel's BTF.
+    #[error("{0}")]
+    KernelLayout(String),
     /// [`Probes::release_btf`] was called before this attach: a bug.
     #[error("the kernel BTF was already released; BTF tracepoints must attach at start-up")]
     BtfReleased,
@@ -68,6 +73,9 @@ pub enum AttachError {
 /// The loaded eBPF object.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Why the block programs cannot run on this kernel, if they cannot:
+    /// their field offsets were not found in its BTF.
+    block_layout: Result<(), String>,
     /// The kernel's type information, needed to load BTF tracepoints; parsed
     /// it takes several MiB, so it is dropped once every collector is up.
     btf: Option<Btf>,
@@ -77,17 +85,29 @@ impl Probes {
     /// Loads the embedded object: creates its maps, loads no program yet.
     pub fn load() -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
-        let ebpf = EbpfLoader::new()
+        let block_offsets = kernel_layout::kernel_btf().and_then(|b| kernel_layout::block(&b));
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&btf))
             // Task storage has no typed wrapper in aya; only the kernel side
             // uses it, so letting aya create it untyped is all we need.
-            .allow_unsupported_maps()
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+            .allow_unsupported_maps();
+        if let Ok(offsets) = &block_offsets {
+            for (name, offset) in offsets {
+                loader.override_global(name, offset, true);
+            }
+        }
+        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         Ok(Self {
             ebpf,
+            block_layout: block_offsets.map(drop).map_err(|e| e.to_string()),
             btf: Some(btf),
         })
+    }
+
+    /// Whether the block programs know this kernel's struct layout.
+    pub fn block_layout(&self) -> Result<(), AttachError> {
+        self.block_layout.clone().map_err(AttachError::KernelLayout)
     }
 
     /// Loads and attaches `(program, tracepoint)` pairs as BTF tracepoints,

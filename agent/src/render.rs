@@ -78,11 +78,13 @@ pub fn text(title: &str, histogram: &Histogram, interval_seconds: f64) -> String
     out
 }
 
-/// One interval as a JSON object.
+/// One series over one interval, as a JSON object (one per line).
 #[derive(Debug, Serialize)]
 pub struct JsonInterval<'a> {
     /// Which collector.
     pub collector: &'a str,
+    /// The series' labels (`device`, `op`...); empty for sched.
+    pub labels: std::collections::BTreeMap<&'a str, &'a str>,
     /// The length of the interval.
     pub interval_seconds: f64,
     /// Values recorded in the interval.

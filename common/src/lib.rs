@@ -7,5 +7,6 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod block;
 pub mod histogram;
 pub mod sched;

@@ -7,6 +7,7 @@
 // Inline asm on BPF is unstable; the build enables it with RUSTC_BOOTSTRAP=1 (see agent/build.rs).
 #![feature(asm_experimental_arch)]
 
+mod block;
 mod floor;
 mod histogram;
 mod sched;

@@ -11,6 +11,7 @@
     reason = "a test harness reports failure by panicking"
 )]
 
+pub mod blockdev;
 pub mod daemon;
 pub mod exposition;
 pub mod schedstat;

@@ -2,6 +2,7 @@
 //! turns them into histograms. A collector that cannot start is recorded as
 //! down with its reason; the others carry on.
 
+pub mod block;
 pub mod sched;
 
 use std::fmt;
@@ -10,6 +11,7 @@ use clap::ValueEnum;
 
 use crate::probes::{AttachError, Probes};
 
+pub use block::BlockCollector;
 pub use sched::SchedCollector;
 
 /// A collector's name, as used by `--collectors`, `hist` and the `collector` label.
@@ -65,6 +67,8 @@ pub struct Status {
 pub struct Collectors {
     /// Run-queue latency, when enabled and up.
     pub sched: Option<SchedCollector>,
+    /// Block I/O latency, when enabled and up.
+    pub block: Option<BlockCollector>,
     /// One entry per enabled collector, in the order they were asked for.
     pub statuses: Vec<Status>,
 }
@@ -83,7 +87,10 @@ impl Collectors {
                 CollectorKind::Sched => {
                     SchedCollector::attach(probes).map(|c| collectors.sched = Some(c))
                 }
-                CollectorKind::Block | CollectorKind::Tcp => Err(StartError::NotBuilt(kind)),
+                CollectorKind::Block => {
+                    BlockCollector::attach(probes).map(|c| collectors.block = Some(c))
+                }
+                CollectorKind::Tcp => Err(StartError::NotBuilt(kind)),
             };
             let down_reason = match result {
                 Ok(()) => {

@@ -1,0 +1,120 @@
+//! Block I/O latency per disk and operation (kernel side: `ebpf/src/block.rs`).
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
+use hostscope_common::{
+    block::{BLOCK_DROPPED_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey, MINOR_BITS, op_name},
+    histogram::Histogram,
+};
+
+use super::StartError;
+use crate::probes::Probes;
+
+/// One labelled histogram: a disk's latency for one operation.
+#[derive(Debug, Clone)]
+pub struct BlockSeries {
+    /// The disk's name (`vda`, `nvme0n1`, `loop3`).
+    pub device: String,
+    /// `read`, `write`, `flush`, `discard` or `other`.
+    pub op: &'static str,
+    /// Everything recorded since attach (or since the disk appeared).
+    pub histogram: Histogram,
+}
+
+/// Everything the block collector reports at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct BlockSnapshot {
+    /// Per (disk, op), sorted by disk then op.
+    pub series: Vec<BlockSeries>,
+    /// Requests not measured because a kernel map was full.
+    pub dropped: u64,
+}
+
+/// Reads the block histograms the kernel fills.
+pub struct BlockCollector {
+    // Behind a mutex only so that entries of vanished disks can be removed
+    // during a scrape, which takes `&self`.
+    latency: Mutex<PerCpuHashMap<MapData, BlockKey, Histogram>>,
+    dropped: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for BlockCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCollector").finish_non_exhaustive()
+    }
+}
+
+impl BlockCollector {
+    /// Attaches the block programs and takes their maps.
+    pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {
+        probes.block_layout()?;
+        let latency = probes.take_map(BLOCK_LATENCY_MAP)?;
+        let dropped = probes.take_map(BLOCK_DROPPED_MAP)?;
+        probes.attach_btf_tracepoints(&BLOCK_PROGRAMS)?;
+        Ok(Self {
+            latency: Mutex::new(latency),
+            dropped,
+        })
+    }
+
+    /// Every disk's histograms, named as the disk is named now. Disks that
+    /// no longer exist are dropped from the map (and so from /metrics): a
+    /// loop device detached and attached again starts afresh.
+    pub fn snapshot(&self) -> Result<BlockSnapshot, MapError> {
+        let mut latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut merged: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
+        let mut gone = Vec::new();
+        for entry in latency.iter() {
+            let (key, per_cpu) = entry?;
+            let Some(device) = disk_name(key.dev) else {
+                gone.push(key);
+                continue;
+            };
+            let total = merged
+                .entry((device, op_name(key.op)))
+                .or_insert(Histogram::ZERO);
+            for histogram in per_cpu.iter() {
+                total.merge(histogram);
+            }
+        }
+        for key in gone {
+            // Already gone (another scrape removed it) is fine.
+            let _ = latency.remove(&key);
+        }
+        let series = merged
+            .into_iter()
+            .map(|((device, op), histogram)| BlockSeries {
+                device,
+                op,
+                histogram,
+            })
+            .collect();
+        let dropped = self.dropped.get(&0, 0)?.iter().sum();
+        Ok(BlockSnapshot { series, dropped })
+    }
+}
+
+/// The kernel's name for a disk (`DEVNAME` in its uevent), if it exists
+/// and has media. A detached loop device keeps its node with size 0, as does
+/// an empty drive: neither can do I/O, so neither is exported.
+fn disk_name(dev: u32) -> Option<String> {
+    let (major, minor) = (dev >> MINOR_BITS, dev & ((1 << MINOR_BITS) - 1));
+    let sysfs = format!("/sys/dev/block/{major}:{minor}");
+    let sectors: u64 = std::fs::read_to_string(format!("{sysfs}/size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if sectors == 0 {
+        return None;
+    }
+    let uevent = std::fs::read_to_string(format!("{sysfs}/uevent")).ok()?;
+    uevent
+        .lines()
+        .find_map(|line| line.strip_prefix("DEVNAME="))
+        .map(str::to_owned)
+}

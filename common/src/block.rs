@@ -1,0 +1,64 @@
+//! Layout of the block I/O collector's maps and load-time constants.
+
+/// Per-CPU hash map: [`BlockKey`] -> [`crate::histogram::Histogram`].
+pub const BLOCK_LATENCY_MAP: &str = "BLOCK_LATENCY";
+/// Per-CPU array, one `u64`: requests not measured because a map was full.
+pub const BLOCK_DROPPED_MAP: &str = "BLOCK_DROPPED";
+
+/// Distinct (disk, operation) histograms the kernel keeps at most.
+pub const BLOCK_LATENCY_ENTRIES: u32 = 1024;
+/// Requests in flight that can be timed at once. blk-mq reuses a fixed set
+/// of preallocated requests (one per tag), so this bounds all devices'
+/// queue depths together, as in libbpf-tools' biolatency.
+pub const BLOCK_START_ENTRIES: u32 = 10_240;
+
+/// The programs, paired with the BTF tracepoints they attach to.
+pub const BLOCK_PROGRAMS: [(&str, &str); 2] = [
+    ("block_rq_issue", "block_rq_issue"),
+    ("block_rq_complete", "block_rq_complete"),
+];
+
+/// Names of the load-time constants: byte offsets of the kernel fields the
+/// completion program reads, found in the kernel's BTF by the daemon.
+pub mod offsets {
+    /// `struct request.q`
+    pub const REQUEST_Q: &str = "BLOCK_OFF_REQUEST_Q";
+    /// `struct request.cmd_flags`
+    pub const REQUEST_CMD_FLAGS: &str = "BLOCK_OFF_REQUEST_CMD_FLAGS";
+    /// `struct request_queue.disk`
+    pub const QUEUE_DISK: &str = "BLOCK_OFF_QUEUE_DISK";
+    /// `struct gendisk.major`, followed by `first_minor`.
+    pub const DISK_MAJOR: &str = "BLOCK_OFF_DISK_MAJOR";
+}
+
+/// Which histogram a completed request lands in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    /// The whole disk, `(major << 20) | first_minor` as the kernel's dev_t.
+    pub dev: u32,
+    /// `cmd_flags & REQ_OP_MASK`: 0 read, 1 write, 2 flush, 3 discard, ...
+    pub op: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: two u32s, no padding, every bit pattern valid.
+unsafe impl aya::Pod for BlockKey {}
+
+/// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` are the operation.
+pub const REQ_OP_MASK: u32 = 0xff;
+
+/// The kernel's dev_t split: 12 bits of major above 20 bits of minor.
+pub const MINOR_BITS: u32 = 20;
+
+/// The label for an operation code. Everything past the four that matter
+/// for latency shares one label, so cardinality stays bounded.
+pub const fn op_name(op: u32) -> &'static str {
+    match op {
+        0 => "read",
+        1 => "write",
+        2 => "flush",
+        3 => "discard",
+        _ => "other",
+    }
+}

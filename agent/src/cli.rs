@@ -89,6 +89,15 @@ pub struct SystemArgs {
     /// Where tracefs is (or gets) mounted.
     #[arg(long, env = "HOSTSCOPE_TRACEFS", default_value = "/sys/kernel/tracing")]
     pub tracefs: PathBuf,
+
+    /// Kernel BTF to read struct layouts from (the block and tcp probes read
+    /// a few kernel fields at offsets found there).
+    #[arg(
+        long,
+        env = "HOSTSCOPE_KERNEL_BTF",
+        default_value = "/sys/kernel/btf/vmlinux"
+    )]
+    pub kernel_btf: PathBuf,
 }
 
 fn parse_positive_seconds(text: &str) -> Result<f64, String> {

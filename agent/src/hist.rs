@@ -18,7 +18,7 @@ use crate::{
 pub fn run(args: HistArgs) -> anyhow::Result<()> {
     privileges::check()?;
     serve::prepare_tracefs(&args.system.tracefs);
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(&args.system.kernel_btf)?;
     let collectors = Collectors::start(&mut probes, &[args.collector]);
     if let Some(reason) = collectors
         .statuses
@@ -27,28 +27,41 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     {
         bail!("the {} collector could not start: {reason}", args.collector);
     }
-    let read = || -> anyhow::Result<Vec<Series>> {
+    let read = || -> anyhow::Result<Reading> {
         match args.collector {
             CollectorKind::Sched => {
                 let sched = collectors.sched.as_ref().context("sched is not running")?;
                 let histogram = sched.snapshot().context("reading the histogram map")?;
-                Ok(vec![(Vec::new(), histogram)])
+                Ok(Reading::series(vec![(Vec::new(), histogram)]))
             }
             CollectorKind::Block => {
                 let block = collectors.block.as_ref().context("block is not running")?;
                 let snapshot = block.snapshot().context("reading the histogram maps")?;
-                Ok(snapshot
+                let series = snapshot
                     .series
                     .into_iter()
                     .map(|s| {
-                        (
-                            vec![("device", s.device), ("op", s.op.to_owned())],
-                            s.histogram,
-                        )
+                        let labels = vec![("device", s.device), ("op", s.op.to_owned())];
+                        (labels, s.histogram)
                     })
-                    .collect())
+                    .collect();
+                Ok(Reading::series(series))
             }
-            kind => bail!("the {kind} collector is not running"),
+            CollectorKind::Tcp => {
+                let tcp = collectors.tcp.as_ref().context("tcp is not running")?;
+                let snapshot = tcp.snapshot().context("reading the TCP maps")?;
+                Ok(Reading {
+                    series: vec![
+                        (vec![("histogram", "rtt".to_owned())], snapshot.rtt),
+                        (vec![("histogram", "connect".to_owned())], snapshot.connect),
+                    ],
+                    counters: vec![
+                        ("connect_failures", snapshot.connect_failures),
+                        ("retransmits", snapshot.retransmits),
+                        ("connect_dropped", snapshot.connect_dropped),
+                    ],
+                })
+            }
         }
     };
 
@@ -73,15 +86,25 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         });
         let now = read()?;
         let elapsed = started.elapsed().as_secs_f64();
-        if now.is_empty() && args.format == HistFormat::Text {
+        if now.series.is_empty() && args.format == HistFormat::Text {
             print_idle(args.collector, elapsed);
         }
-        for (labels, histogram) in &now {
+        for (labels, histogram) in &now.series {
             let before = previous
+                .series
                 .iter()
                 .find(|(l, _)| l == labels)
                 .map_or(Histogram::ZERO, |(_, h)| *h);
             print(&args, labels, &histogram.since(&before), elapsed)?;
+        }
+        if !now.counters.is_empty() {
+            let deltas: Vec<(&str, u64)> = now
+                .counters
+                .iter()
+                .zip(&previous.counters)
+                .map(|((name, now), (_, then))| (*name, now.wrapping_sub(*then)))
+                .collect();
+            print_counters(&args, &deltas, elapsed)?;
         }
         printed += 1;
         if interrupted {
@@ -111,6 +134,48 @@ fn print_idle(kind: CollectorKind, elapsed: f64) {
 
 /// Label pairs and the histogram they name.
 type Series = (Vec<(&'static str, String)>, Histogram);
+
+/// One reading of a collector: its histograms and its counters (totals).
+struct Reading {
+    series: Vec<Series>,
+    counters: Vec<(&'static str, u64)>,
+}
+
+impl Reading {
+    fn series(series: Vec<Series>) -> Self {
+        Self {
+            series,
+            counters: Vec::new(),
+        }
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    reason = "printing the counters is this command's job"
+)]
+fn print_counters(args: &HistArgs, deltas: &[(&str, u64)], elapsed: f64) -> anyhow::Result<()> {
+    match args.format {
+        HistFormat::Text => {
+            let list: Vec<String> = deltas.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            println!(
+                "{} counters over {elapsed:.2} s: {}\n",
+                title(args.collector),
+                list.join(", ")
+            );
+        }
+        HistFormat::Json => {
+            let counters: std::collections::BTreeMap<&str, u64> = deltas.iter().copied().collect();
+            let line = serde_json::json!({
+                "collector": args.collector.name(),
+                "interval_seconds": elapsed,
+                "counters": counters,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
 
 #[expect(
     clippy::print_stdout,

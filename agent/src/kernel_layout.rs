@@ -5,14 +5,19 @@
 //! binary correct across kernels whose structs differ.
 
 use btf_rs::{Btf, Type};
-use hostscope_common::block::offsets;
+use hostscope_common::{block, tcp};
 
 /// A field could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    /// /sys/kernel/btf/vmlinux could not be parsed.
-    #[error("cannot parse the kernel's BTF: {0}")]
-    Parse(String),
+    /// The kernel BTF file could not be parsed.
+    #[error("cannot parse kernel BTF at {path}: {reason}; point --kernel-btf at this kernel's BTF")]
+    Parse {
+        /// The file.
+        path: String,
+        /// btf-rs's reason.
+        reason: String,
+    },
     /// The struct or member is not in this kernel's BTF.
     #[error("this kernel has no `{strukt}.{member}` field")]
     Missing {
@@ -26,8 +31,12 @@ pub enum LayoutError {
     Unexpected(&'static str),
 }
 
-/// Offsets the block I/O programs need, as `(global name, byte offset)`.
-pub fn block(btf: &Btf) -> Result<Vec<(&'static str, u32)>, LayoutError> {
+/// Load-time constants: `(global name, byte offset)`.
+pub type Offsets = Vec<(&'static str, u32)>;
+
+/// Offsets the block I/O programs need.
+pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
+    use block::offsets;
     let major = member_offset(btf, "gendisk", "major")?;
     if member_offset(btf, "gendisk", "first_minor")? != major + 4 {
         return Err(LayoutError::Unexpected(
@@ -48,9 +57,27 @@ pub fn block(btf: &Btf) -> Result<Vec<(&'static str, u32)>, LayoutError> {
     ])
 }
 
-/// Parses the running kernel's BTF.
-pub fn kernel_btf() -> Result<Btf, LayoutError> {
-    Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Parse(e.to_string()))
+/// Offsets the TCP programs need.
+pub fn tcp(btf: &Btf) -> Result<Offsets, LayoutError> {
+    use tcp::offsets;
+    Ok(vec![
+        (
+            offsets::TCP_SOCK_SRTT_US,
+            member_offset(btf, "tcp_sock", "srtt_us")?,
+        ),
+        (
+            offsets::SOCK_PROTOCOL,
+            member_offset(btf, "sock", "sk_protocol")?,
+        ),
+    ])
+}
+
+/// Parses the kernel's BTF at `path` (normally /sys/kernel/btf/vmlinux).
+pub fn kernel_btf(path: &std::path::Path) -> Result<Btf, LayoutError> {
+    Btf::from_file(path).map_err(|e| LayoutError::Parse {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// The byte offset of `strukt.member`, looking through anonymous unions

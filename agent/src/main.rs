@@ -59,6 +59,8 @@ fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseErro
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     Ok(())

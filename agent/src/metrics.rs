@@ -106,6 +106,44 @@ impl Collector for ScrapeTime {
                 Err(err) => tracing::warn!("reading the block I/O histograms failed: {err}"),
             }
         }
+        if let Some(tcp) = &self.collectors.tcp {
+            match tcp.snapshot() {
+                Ok(snapshot) => {
+                    encode_histograms(
+                        &mut encoder,
+                        "hostscope_tcp_rtt",
+                        "Smoothed round-trip time of TCP connections, sampled on every received segment.",
+                        [(&[][..], &snapshot.rtt)],
+                    )?;
+                    encode_histograms(
+                        &mut encoder,
+                        "hostscope_tcp_connect_latency",
+                        "Active TCP connect latency, from SYN sent to established.",
+                        [(&[][..], &snapshot.connect)],
+                    )?;
+                    for (name, help, value) in [
+                        (
+                            "hostscope_tcp_connect_failures",
+                            "Active TCP connects that failed (SYN sent, then closed).",
+                            snapshot.connect_failures,
+                        ),
+                        (
+                            "hostscope_tcp_retransmits",
+                            "TCP segments retransmitted.",
+                            snapshot.retransmits,
+                        ),
+                        (
+                            "hostscope_tcp_connect_dropped",
+                            "Active TCP connects not timed because a kernel map was full.",
+                            snapshot.connect_dropped,
+                        ),
+                    ] {
+                        encode_counter(&mut encoder, name, help, value)?;
+                    }
+                }
+                Err(err) => tracing::warn!("reading the TCP maps failed: {err}"),
+            }
+        }
         Ok(())
     }
 }

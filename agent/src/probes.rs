@@ -70,12 +70,15 @@ pub enum AttachError {
     },
 }
 
+/// Finds the field offsets one collector's programs need.
+type LayoutFn = fn(&btf_rs::Btf) -> Result<kernel_layout::Offsets, kernel_layout::LayoutError>;
+
 /// The loaded eBPF object.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Why the block programs cannot run on this kernel, if they cannot:
-    /// their field offsets were not found in its BTF.
-    block_layout: Result<(), String>,
+    /// Collectors whose programs cannot run on this kernel because the
+    /// fields they read were not found in its BTF, with the reason.
+    layout_errors: Vec<(&'static str, String)>,
     /// The kernel's type information, needed to load BTF tracepoints; parsed
     /// it takes several MiB, so it is dropped once every collector is up.
     btf: Option<Btf>,
@@ -83,31 +86,54 @@ pub struct Probes {
 
 impl Probes {
     /// Loads the embedded object: creates its maps, loads no program yet.
-    pub fn load() -> Result<Self, LoadError> {
+    /// Struct layouts for programs that read kernel fields come from the
+    /// BTF at `kernel_btf`.
+    pub fn load(kernel_btf: &std::path::Path) -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
-        let block_offsets = kernel_layout::kernel_btf().and_then(|b| kernel_layout::block(&b));
+        // Field offsets for the programs that read kernel structs; a
+        // collector whose fields are missing is reported down later, alone.
+        let mut globals = Vec::new();
+        let mut layout_errors = Vec::new();
+        let layouts: [(&'static str, LayoutFn); 2] =
+            [("block", kernel_layout::block), ("tcp", kernel_layout::tcp)];
+        match kernel_layout::kernel_btf(kernel_btf) {
+            Ok(kernel) => {
+                for (collector, layout) in layouts {
+                    match layout(&kernel) {
+                        Ok(offsets) => globals.extend(offsets),
+                        Err(err) => layout_errors.push((collector, err.to_string())),
+                    }
+                }
+            }
+            Err(err) => {
+                for (collector, _) in layouts {
+                    layout_errors.push((collector, err.to_string()));
+                }
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             // Task storage has no typed wrapper in aya; only the kernel side
             // uses it, so letting aya create it untyped is all we need.
             .allow_unsupported_maps();
-        if let Ok(offsets) = &block_offsets {
-            for (name, offset) in offsets {
-                loader.override_global(name, offset, true);
-            }
+        for (name, offset) in &globals {
+            loader.override_global(name, offset, true);
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         Ok(Self {
             ebpf,
-            block_layout: block_offsets.map(drop).map_err(|e| e.to_string()),
+            layout_errors,
             btf: Some(btf),
         })
     }
 
-    /// Whether the block programs know this kernel's struct layout.
-    pub fn block_layout(&self) -> Result<(), AttachError> {
-        self.block_layout.clone().map_err(AttachError::KernelLayout)
+    /// Whether `collector`'s programs know this kernel's struct layout.
+    pub fn check_layout(&self, collector: &str) -> Result<(), AttachError> {
+        match self.layout_errors.iter().find(|(c, _)| *c == collector) {
+            Some((_, reason)) => Err(AttachError::KernelLayout(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Loads and attaches `(program, tracepoint)` pairs as BTF tracepoints,

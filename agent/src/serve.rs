@@ -39,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
 
     prepare_tracefs(&args.system.tracefs);
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(&args.system.kernel_btf)?;
     let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
     probes.release_btf();
     let metrics = Arc::new(Metrics::new(collectors));

@@ -10,3 +10,4 @@ extern crate std;
 pub mod block;
 pub mod histogram;
 pub mod sched;
+pub mod tcp;

@@ -12,6 +12,7 @@ mod floor;
 mod histogram;
 mod sched;
 mod task_storage;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

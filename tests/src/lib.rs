@@ -14,6 +14,7 @@
 pub mod blockdev;
 pub mod daemon;
 pub mod exposition;
+pub mod netns;
 pub mod schedstat;
 pub mod workload;
 

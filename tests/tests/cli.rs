@@ -124,3 +124,44 @@ fn healthz_and_index_answer() {
         Some(1.0)
     );
 }
+
+/// A collector that cannot start is reported down, in the metric and in one
+/// log line saying what is wrong and what to do, while the others serve.
+/// The fault is real: block and tcp read kernel fields at offsets found in
+/// kernel BTF, and here that BTF is not BTF at all; sched reads no fields.
+#[test]
+fn a_collector_that_cannot_start_is_down_and_the_rest_serve() {
+    let not_btf = std::env::temp_dir().join(format!("hostscope-not-btf-{}", std::process::id()));
+    std::fs::write(&not_btf, b"this is not BTF").expect("write the decoy");
+    let daemon = Daemon::spawn(
+        "sched,block,tcp",
+        &["--kernel-btf", not_btf.to_str().expect("UTF-8 path")],
+    );
+    let exposition = daemon.scrape();
+    let _ = std::fs::remove_file(&not_btf);
+    let up = |c: &str| exposition.value("hostscope_collector_up", &[("collector", c)]);
+    assert_eq!(up("sched"), Some(1.0), "log:\n{}", daemon.log());
+    assert_eq!(up("block"), Some(0.0));
+    assert_eq!(up("tcp"), Some(0.0));
+    assert!(
+        exposition
+            .histogram("hostscope_runqueue_latency_seconds", &[])
+            .is_some(),
+        "sched keeps serving"
+    );
+    let log = daemon.log();
+    for collector in ["block", "tcp"] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("collector down") && l.contains(&format!("collector={collector}"))
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {collector}:\n{log}");
+        assert!(
+            lines[0].contains("--kernel-btf"),
+            "says what to do: {}",
+            lines[0]
+        );
+    }
+}

@@ -48,7 +48,7 @@ impl std::fmt::Debug for BlockCollector {
 impl BlockCollector {
     /// Attaches the block programs and takes their maps.
     pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {
-        probes.block_layout()?;
+        probes.check_layout("block")?;
         let latency = probes.take_map(BLOCK_LATENCY_MAP)?;
         let dropped = probes.take_map(BLOCK_DROPPED_MAP)?;
         probes.attach_btf_tracepoints(&BLOCK_PROGRAMS)?;

@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod sched;
+pub mod tcp;
 
 use std::fmt;
 
@@ -13,6 +14,7 @@ use crate::probes::{AttachError, Probes};
 
 pub use block::BlockCollector;
 pub use sched::SchedCollector;
+pub use tcp::TcpCollector;
 
 /// A collector's name, as used by `--collectors`, `hist` and the `collector` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -48,9 +50,6 @@ pub enum StartError {
     /// Its programs or maps could not be set up.
     #[error(transparent)]
     Attach(#[from] AttachError),
-    /// This build does not contain it yet.
-    #[error("the {0} collector is not part of this build yet")]
-    NotBuilt(CollectorKind),
 }
 
 /// An enabled collector's state, for `hostscope_collector_up` and the log.
@@ -69,6 +68,8 @@ pub struct Collectors {
     pub sched: Option<SchedCollector>,
     /// Block I/O latency, when enabled and up.
     pub block: Option<BlockCollector>,
+    /// TCP latency, when enabled and up.
+    pub tcp: Option<TcpCollector>,
     /// One entry per enabled collector, in the order they were asked for.
     pub statuses: Vec<Status>,
 }
@@ -90,7 +91,9 @@ impl Collectors {
                 CollectorKind::Block => {
                     BlockCollector::attach(probes).map(|c| collectors.block = Some(c))
                 }
-                CollectorKind::Tcp => Err(StartError::NotBuilt(kind)),
+                CollectorKind::Tcp => {
+                    TcpCollector::attach(probes).map(|c| collectors.tcp = Some(c))
+                }
             };
             let down_reason = match result {
                 Ok(()) => {
@@ -98,7 +101,11 @@ impl Collectors {
                     None
                 }
                 Err(err) => {
-                    tracing::error!(collector = %kind, "collector down: {err}");
+                    tracing::error!(
+                        collector = %kind,
+                        "collector down: {err} (the other collectors keep running; \
+                         leave it out of --collectors to silence this)"
+                    );
                     Some(err.to_string())
                 }
             };

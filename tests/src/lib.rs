@@ -56,3 +56,34 @@ pub fn assert_close(what: &str, actual: f64, expected: f64, tolerance: f64) {
         error * 100.0
     );
 }
+
+/// Runs `hostscope hist COLLECTOR --format json` for one interval of
+/// `seconds`, doing `work` once its probes are attached (start-up takes tens
+/// of milliseconds; a second is left), and returns its JSON lines.
+pub fn hist_json(collector: &str, seconds: u32, work: impl FnOnce()) -> Vec<serde_json::Value> {
+    require_root();
+    let interval = seconds.to_string();
+    let hist = std::process::Command::new(hostscope_bin())
+        .args([
+            "hist",
+            collector,
+            "--interval",
+            &interval,
+            "--count",
+            "1",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hostscope hist");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    work();
+    let output = hist.wait_with_output().expect("hist finishes");
+    assert!(output.status.success(), "hostscope hist {collector} failed");
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}

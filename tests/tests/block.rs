@@ -6,13 +6,13 @@
     clippy::print_stdout
 )]
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use hostscope_tests::{
     blockdev::{DiskStat, LoopDevice},
     daemon::Daemon,
     exposition::{Exposition, HistogramSample},
-    hostscope_bin,
+    hist_json,
 };
 
 const BLOCK: &str = "hostscope_block_io_latency_seconds";
@@ -149,31 +149,11 @@ fn labels_are_disk_names_and_known_ops() {
 #[test]
 fn terminal_histogram_counts_loop_device_reads() {
     let device = LoopDevice::create(16);
-    let hist = Command::new(hostscope_bin())
-        .args([
-            "hist",
-            "block",
-            "--interval",
-            "3",
-            "--count",
-            "1",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run hostscope hist block");
-    // Start-up (load and attach) takes tens of milliseconds; leave plenty.
-    std::thread::sleep(Duration::from_millis(1000));
-    device.direct_io(100, false);
-    let output = hist.wait_with_output().expect("hist finishes");
-    assert!(output.status.success(), "hostscope hist block failed");
-    let lines = String::from_utf8(output.stdout).expect("UTF-8");
+    let lines = hist_json("block", 3, || device.direct_io(100, false));
     let reads: f64 = lines
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line"))
+        .iter()
         .filter(|v| v["labels"]["device"] == device.name.as_str() && v["labels"]["op"] == "read")
         .map(|v| v["count"].as_f64().expect("count"))
         .sum();
-    assert_eq!(reads, 100.0, "hist output:\n{lines}");
+    assert_eq!(reads, 100.0, "hist output: {lines:?}");
 }

@@ -209,41 +209,20 @@ fn retransmits_match_tcp_info() {
 /// exactly, and the failures, as histogram and counter lines.
 #[test]
 fn terminal_histogram_counts_connects() {
-    hostscope_tests::require_root();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let closed = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let hist = std::process::Command::new(hostscope_tests::hostscope_bin())
-        .args([
-            "hist",
-            "tcp",
-            "--interval",
-            "3",
-            "--count",
-            "1",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run hostscope hist tcp");
-    std::thread::sleep(Duration::from_millis(1000));
-    let kept: Vec<TcpStream> = (0..12)
-        .map(|_| TcpStream::connect(listener.local_addr().unwrap()).expect("connect"))
-        .collect();
-    for _ in 0..3 {
-        assert!(TcpStream::connect(closed).is_err());
-    }
-    let output = hist.wait_with_output().expect("hist finishes");
-    drop(kept);
-    assert!(output.status.success(), "hostscope hist tcp failed");
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .expect("UTF-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let mut kept = Vec::new();
+    let lines = hostscope_tests::hist_json("tcp", 3, || {
+        for _ in 0..12 {
+            kept.push(TcpStream::connect(listener.local_addr().unwrap()).expect("connect"));
+        }
+        for _ in 0..3 {
+            assert!(TcpStream::connect(closed).is_err());
+        }
+    });
     let connect = lines
         .iter()
         .find(|v| v["labels"]["histogram"] == "connect")

@@ -39,12 +39,6 @@ pub struct BlockCollector {
     dropped: PerCpuArray<MapData, u64>,
 }
 
-impl std::fmt::Debug for BlockCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockCollector").finish_non_exhaustive()
-    }
-}
-
 impl BlockCollector {
     /// Attaches the block programs and takes their maps.
     pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {

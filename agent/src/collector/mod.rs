@@ -62,7 +62,7 @@ pub struct Status {
 }
 
 /// The running collectors, and the status of every enabled one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Collectors {
     /// Run-queue latency, when enabled and up.
     pub sched: Option<SchedCollector>,
@@ -72,6 +72,15 @@ pub struct Collectors {
     pub tcp: Option<TcpCollector>,
     /// One entry per enabled collector, in the order they were asked for.
     pub statuses: Vec<Status>,
+}
+
+// aya's maps are not Debug; the statuses say all that is worth printing.
+impl std::fmt::Debug for Collectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collectors")
+            .field("statuses", &self.statuses)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Collectors {

@@ -14,12 +14,6 @@ pub struct SchedCollector {
     latency: PerCpuArray<MapData, Histogram>,
 }
 
-impl std::fmt::Debug for SchedCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedCollector").finish_non_exhaustive()
-    }
-}
-
 impl SchedCollector {
     /// Attaches the scheduler programs and takes the histogram map.
     pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {

@@ -34,12 +34,6 @@ pub struct TcpCollector {
     counters: PerCpuArray<MapData, u64>,
 }
 
-impl std::fmt::Debug for TcpCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpCollector").finish_non_exhaustive()
-    }
-}
-
 impl TcpCollector {
     /// Attaches the TCP programs and takes their maps.
     pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {

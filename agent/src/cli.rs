@@ -32,6 +32,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a latency histogram at the terminal, like BCC's runqlat.
     Hist(HistArgs),
+    /// Take a CPU profile without a daemon: flame graph, folded stacks or pprof.
+    Profile(ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,8 +51,52 @@ pub struct ServeArgs {
     )]
     pub collectors: Vec<CollectorKind>,
 
+    /// Longest CPU profile a request may ask for, in seconds.
+    #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_SECONDS", default_value_t = 60)]
+    pub profile_max_seconds: u64,
+
+    /// Highest sampling frequency a profile request may ask for, in Hz.
+    #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_FREQUENCY", default_value_t = 1000)]
+    pub profile_max_frequency: u64,
+
     #[command(flatten)]
     pub system: SystemArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// How long to sample, in seconds (default 10).
+    #[arg(long)]
+    pub seconds: Option<String>,
+
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<String>,
+
+    /// Samples per second per CPU (default 99).
+    #[arg(long)]
+    pub frequency: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ProfileFormat::Svg)]
+    pub format: ProfileFormat,
+
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub system: SystemArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileFormat {
+    /// An interactive SVG flame graph.
+    Svg,
+    /// Folded stacks, one per line (flamegraph.pl's input).
+    Folded,
+    /// Gzipped pprof protobuf (go tool pprof, Pyroscope, Parca).
+    Pprof,
 }
 
 #[derive(Debug, Args)]

@@ -1,40 +1,58 @@
 //! The HTTP surface. The only module that knows HTTP.
 
-use std::{future::Future, io, sync::Arc};
+use std::{collections::HashMap, future::Future, io, sync::Arc};
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 
-use crate::metrics::{self, Metrics};
+use crate::{
+    metrics::{self, Metrics},
+    profile::{self, Profile, ProfileError, Profiler},
+};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The registry served at /metrics.
+    pub metrics: Arc<Metrics>,
+    /// The CPU profiler, or why there is none.
+    pub profiler: Result<Arc<Profiler>, Arc<str>>,
+}
 
 const INDEX: &str = "hostscope\n\n\
-    /metrics   Prometheus metrics (OpenMetrics text)\n\
-    /healthz   liveness: 200 while the daemon serves\n";
+    /metrics                           Prometheus metrics (OpenMetrics text)\n\
+    /healthz                           liveness: 200 while the daemon serves\n\
+    /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
+    /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
+    /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n";
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let app = Router::new()
         .route("/", get(|| async { INDEX }))
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics);
+        .route("/flamegraph.svg", get(flamegraph))
+        .route("/stacks", get(stacks))
+        .route("/debug/pprof/profile", get(pprof))
+        .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
+async fn scrape(State(state): State<AppState>) -> Response {
+    match state.metrics.encode() {
         Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(err) => {
             tracing::error!("encoding metrics failed: {err}");
@@ -43,6 +61,85 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
                 "encoding metrics failed\n",
             )
                 .into_response()
+        }
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+async fn flamegraph(State(state): State<AppState>, Query(params): Params) -> Response {
+    respond(&state, &params, "image/svg+xml", profile::svg).await
+}
+
+async fn stacks(State(state): State<AppState>, Query(params): Params) -> Response {
+    respond(&state, &params, "text/plain; charset=utf-8", |p| {
+        Ok(profile::folded(p).into_bytes())
+    })
+    .await
+}
+
+async fn pprof(State(state): State<AppState>, Query(params): Params) -> Response {
+    respond(&state, &params, "application/octet-stream", |p| {
+        profile::pprof_gzip(p)
+    })
+    .await
+}
+
+/// Checks the parameters, takes the profile (if the client goes away, this
+/// future is dropped and the sampler detached), renders it.
+async fn respond(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    content_type: &'static str,
+    render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError>,
+) -> Response {
+    let profiler = match &state.profiler {
+        Ok(profiler) => profiler,
+        Err(why) => {
+            let body = format!("CPU profiling is unavailable: {why}\n");
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
+    };
+    let param = |name: &str| params.get(name).map(String::as_str);
+    let result = match profiler
+        .limits
+        .request(param("seconds"), param("pid"), param("frequency"))
+    {
+        Ok(request) => profiler.capture(request).await,
+        Err(err) => Err(err),
+    };
+    match result.and_then(|profile| {
+        tracing::info!(
+            stacks = profile.stacks.len(),
+            dropped = profile.dropped,
+            "profile symbolized in {:.1} ms",
+            profile.symbolize_time.as_secs_f64() * 1e3
+        );
+        if profile.dropped > 0 {
+            tracing::warn!(
+                "{} samples were lost to full profile maps or stack collisions",
+                profile.dropped
+            );
+        }
+        Ok((render(&profile)?, profile.dropped))
+    }) {
+        Ok((body, dropped)) => (
+            [
+                (header::CONTENT_TYPE, content_type.to_owned()),
+                (
+                    header::HeaderName::from_static("x-hostscope-dropped-samples"),
+                    dropped.to_string(),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(ProfileError::BadRequest(reason)) => {
+            (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()
         }
     }
 }

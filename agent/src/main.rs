@@ -11,6 +11,8 @@ mod kernel_layout;
 mod metrics;
 mod privileges;
 mod probes;
+mod profile;
+mod profile_cmd;
 mod render;
 mod serve;
 mod tracefs;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Hist(args) => hist::run(args),
+        Command::Profile(args) => profile_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,7 +50,11 @@ fn main() -> ExitCode {
 
 /// 2 when the user's input was wrong, 1 otherwise.
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<serve::BindError>().is_some() {
+    let bad_request = matches!(
+        err.downcast_ref::<profile::ProfileError>(),
+        Some(profile::ProfileError::BadRequest(_))
+    );
+    if bad_request || err.downcast_ref::<serve::BindError>().is_some() {
         2
     } else {
         1

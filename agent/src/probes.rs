@@ -8,7 +8,12 @@ use crate::kernel_layout;
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
     maps::{Map, MapError},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{
+        BtfTracePoint, PerfEvent, ProgramError,
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+    },
 };
 
 /// The programs, built by build.rs and embedded so that one file is all a
@@ -176,6 +181,53 @@ impl Probes {
         })?;
         tracing::debug!(program, tracepoint, "attached");
         Ok(())
+    }
+
+    /// Loads a perf_event program, to be attached later, once per capture.
+    pub fn load_perf_event(&mut self, program: &'static str) -> Result<(), AttachError> {
+        let prog = self.perf_event(program)?;
+        prog.load().map_err(|err| AttachError::Load {
+            tracepoint: program,
+            reason: first_line(&err),
+        })
+    }
+
+    /// Attaches a loaded perf_event program to `cpu`'s software CPU clock,
+    /// sampling every process `frequency` times a second.
+    pub fn attach_perf_event(
+        &mut self,
+        program: &'static str,
+        cpu: u32,
+        frequency: u64,
+    ) -> Result<PerfEventLinkId, AttachError> {
+        let prog = self.perf_event(program)?;
+        prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(frequency),
+            false,
+        )
+        .map_err(|err| AttachError::Attach {
+            tracepoint: program,
+            reason: first_line(&err),
+        })
+    }
+
+    /// Detaches one link of a perf_event program.
+    pub fn detach_perf_event(&mut self, program: &'static str, link: PerfEventLinkId) {
+        if let Ok(prog) = self.perf_event(program)
+            && let Err(err) = prog.detach(link)
+        {
+            tracing::warn!(program, "detaching failed: {}", first_line(&err));
+        }
+    }
+
+    fn perf_event(&mut self, program: &'static str) -> Result<&mut PerfEvent, AttachError> {
+        self.ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?
+            .try_into()
+            .map_err(|_| AttachError::MissingProgram(program))
     }
 
     /// Frees the parsed kernel BTF once no more BTF tracepoints will be

@@ -1,13 +1,23 @@
 //! `hostscope serve`: load the probes once, serve metrics until SIGINT/SIGTERM,
 //! then detach everything.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
-    cli::ServeArgs, collector::Collectors, http, metrics::Metrics, privileges, probes::Probes,
+    cli::ServeArgs,
+    collector::Collectors,
+    http,
+    metrics::Metrics,
+    privileges,
+    probes::Probes,
+    profile::{Limits, Profiler},
     tracefs,
 };
 
@@ -42,13 +52,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(&args.system.kernel_btf)?;
     let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
     probes.release_btf();
-    let metrics = Arc::new(Metrics::new(collectors));
+    let probes = Arc::new(Mutex::new(probes));
+    let limits = Limits {
+        max_seconds: args.profile_max_seconds,
+        max_frequency: args.profile_max_frequency,
+    };
+    // Loaded now, attached only while a profile is taken.
+    let profiler = Profiler::new(probes.clone(), limits)
+        .map(Arc::new)
+        .map_err(|err| {
+            tracing::error!("CPU profiling unavailable: {err}");
+            Arc::from(err.to_string())
+        });
+    let state = http::AppState {
+        metrics: Arc::new(Metrics::new(collectors)),
+        profiler,
+    };
 
     tracing::info!(listen = %args.listen, "serving /metrics");
     runtime
-        .block_on(http::serve(listener, metrics, shutdown_signal()))
+        .block_on(http::serve(listener, state, shutdown_signal()))
         .context("serving HTTP")?;
 
+    drop(runtime);
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())

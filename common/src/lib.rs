@@ -9,5 +9,6 @@ extern crate std;
 
 pub mod block;
 pub mod histogram;
+pub mod profile;
 pub mod sched;
 pub mod tcp;

@@ -15,6 +15,7 @@ pub mod blockdev;
 pub mod daemon;
 pub mod exposition;
 pub mod netns;
+pub mod programs;
 pub mod schedstat;
 pub mod workload;
 

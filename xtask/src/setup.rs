@@ -104,10 +104,18 @@ pub fn kernel() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tools the integration tests call: bpftool (which programs are loaded)
-/// and setpriv (running hostscope without privileges).
+/// Tools the integration tests call: bpftool (which programs are loaded),
+/// setpriv (running hostscope without privileges), losetup (loop devices),
+/// ip (network namespaces), cc (test programs) and go (`go tool pprof`).
 pub fn test_tools() -> anyhow::Result<()> {
-    apt_install_missing(&[("bpftool", "bpftool"), ("setpriv", "util-linux")])
+    apt_install_missing(&[
+        ("bpftool", "bpftool"),
+        ("setpriv", "util-linux"),
+        ("losetup", "mount"),
+        ("ip", "iproute2"),
+        ("cc", "gcc"),
+        ("go", "golang-go"),
+    ])
 }
 
 /// Installs the Debian packages whose commands are not on PATH.

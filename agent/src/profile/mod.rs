@@ -1,0 +1,181 @@
+//! On-demand CPU profiles: sample stacks in the kernel for N seconds, then
+//! symbolize them and render folded stacks, an SVG flame graph or pprof.
+
+mod capture;
+mod pprof;
+mod render;
+mod symbolize;
+
+pub use capture::Profiler;
+pub use render::{folded, pprof_gzip, svg};
+
+/// One capture's parameters, already checked against the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    /// How long to sample.
+    pub seconds: u64,
+    /// Only this process (thread group), if set.
+    pub pid: Option<u32>,
+    /// Samples per second per CPU.
+    pub frequency: u64,
+}
+
+/// The limits a request is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest capture, in seconds.
+    pub max_seconds: u64,
+    /// Highest sampling frequency, in Hz.
+    pub max_frequency: u64,
+}
+
+/// Default capture length: 10 s, as the issue and most profilers use.
+pub const DEFAULT_SECONDS: u64 = 10;
+/// Default frequency: 99 Hz, off the 100 Hz timer tick to avoid lockstep.
+pub const DEFAULT_FREQUENCY: u64 = 99;
+
+/// Why a profile request is refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// A parameter is malformed or out of range: the caller's mistake.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The sampler could not be set up or read.
+    #[error("profiling failed: {0}")]
+    Failed(String),
+}
+
+impl Limits {
+    /// Checks raw parameters (as given in a query string or on the command
+    /// line) and builds a request. `None` means "not given".
+    pub fn request(
+        &self,
+        seconds: Option<&str>,
+        pid: Option<&str>,
+        frequency: Option<&str>,
+    ) -> Result<Request, ProfileError> {
+        let bad = |m: String| ProfileError::BadRequest(m);
+        let seconds = match seconds {
+            None => DEFAULT_SECONDS.min(self.max_seconds),
+            Some(text) => {
+                let value: i64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("seconds must be a whole number, not `{text}`")))?;
+                if value <= 0 {
+                    return Err(bad(format!("seconds must be at least 1, not {value}")));
+                }
+                let value = value as u64;
+                if value > self.max_seconds {
+                    return Err(bad(format!(
+                        "seconds={value} is above the limit of {} (--profile-max-seconds)",
+                        self.max_seconds
+                    )));
+                }
+                value
+            }
+        };
+        let pid =
+            match pid {
+                None => None,
+                Some(text) => {
+                    let value: u32 =
+                        text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                            bad(format!("pid must be a process id, not `{text}`"))
+                        })?;
+                    if !std::path::Path::new(&format!("/proc/{value}")).exists() {
+                        return Err(bad(format!("no process with pid {value}")));
+                    }
+                    Some(value)
+                }
+            };
+        let frequency = match frequency {
+            None => DEFAULT_FREQUENCY.min(self.max_frequency),
+            Some(text) => {
+                let value: u64 = text.trim().parse().ok().filter(|f| *f > 0).ok_or_else(|| {
+                    bad(format!(
+                        "frequency must be a positive number of Hz, not `{text}`"
+                    ))
+                })?;
+                if value > self.max_frequency {
+                    return Err(bad(format!(
+                        "frequency={value} is above the limit of {} Hz (--profile-max-frequency)",
+                        self.max_frequency
+                    )));
+                }
+                value
+            }
+        };
+        Ok(Request {
+            seconds,
+            pid,
+            frequency,
+        })
+    }
+}
+
+/// One symbolized stack and how often it was sampled.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// The process name (at its first sample).
+    pub comm: String,
+    /// The process id.
+    pub pid: u32,
+    /// Frames from the outermost caller to the leaf: user frames, then
+    /// kernel frames (whose names end in `_[k]`).
+    pub frames: Vec<String>,
+    /// Samples.
+    pub count: u64,
+}
+
+/// A finished, symbolized profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The stacks.
+    pub stacks: Vec<Stack>,
+    /// The request it answers.
+    pub request: Request,
+    /// Samples lost to full maps or stack-map collisions.
+    pub dropped: u64,
+    /// How long symbolization took.
+    pub symbolize_time: std::time::Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_seconds: 60,
+        max_frequency: 1000,
+    };
+
+    #[test]
+    fn bad_parameters_are_refused_with_a_reason() {
+        for (seconds, pid, frequency, says) in [
+            (Some("0"), None, None, "at least 1"),
+            (Some("-3"), None, None, "at least 1"),
+            (Some("soon"), None, None, "whole number"),
+            (Some("61"), None, None, "above the limit of 60"),
+            (None, Some("abc"), None, "process id"),
+            (None, Some("0"), None, "process id"),
+            (None, Some("4000000000"), None, "no process"),
+            (None, None, Some("0"), "positive"),
+            (None, None, Some("5000"), "above the limit of 1000"),
+        ] {
+            let err = LIMITS.request(seconds, pid, frequency).unwrap_err();
+            assert!(
+                err.to_string().contains(says),
+                "{seconds:?} {pid:?} {frequency:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let r = LIMITS.request(None, None, None).unwrap();
+        assert_eq!((r.seconds, r.pid, r.frequency), (10, None, 99));
+        let r = LIMITS.request(Some("3"), Some("1"), Some("49")).unwrap();
+        assert_eq!((r.seconds, r.pid, r.frequency), (3, Some(1), 49));
+    }
+}

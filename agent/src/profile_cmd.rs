@@ -1,0 +1,69 @@
+//! `hostscope profile`: one CPU profile at the terminal, without a daemon.
+
+use std::{
+    io::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::{ProfileArgs, ProfileFormat},
+    privileges,
+    probes::Probes,
+    profile::{self, Limits, Profiler},
+    serve,
+};
+
+/// The CLI's own limits: an engineer at a terminal may ask for more than a
+/// daemon should serve to any client.
+const LIMITS: Limits = Limits {
+    max_seconds: 3600,
+    max_frequency: 10_000,
+};
+
+/// Runs the command.
+pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
+    let request = LIMITS.request(
+        args.seconds.as_deref(),
+        args.pid.as_deref(),
+        args.frequency.as_deref(),
+    )?;
+    privileges::check()?;
+    serve::prepare_tracefs(&args.system.tracefs);
+    let probes = Arc::new(Mutex::new(Probes::load(&args.system.kernel_btf)?));
+    let profiler = Profiler::new(probes, LIMITS)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    eprintln!(
+        "Sampling {} for {} s at {} Hz...",
+        request
+            .pid
+            .map_or("every process".into(), |p| format!("pid {p}")),
+        request.seconds,
+        request.frequency
+    );
+    let profile = runtime.block_on(profiler.capture(request))?;
+    tracing::info!(
+        stacks = profile.stacks.len(),
+        dropped = profile.dropped,
+        "symbolized in {:.1} ms",
+        profile.symbolize_time.as_secs_f64() * 1e3
+    );
+    let bytes = match args.format {
+        ProfileFormat::Svg => profile::svg(&profile)?,
+        ProfileFormat::Folded => profile::folded(&profile).into_bytes(),
+        ProfileFormat::Pprof => profile::pprof_gzip(&profile)?,
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .context("writing to standard output")?,
+    }
+    Ok(())
+}

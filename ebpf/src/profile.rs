@@ -1,0 +1,84 @@
+//! CPU profile: a perf_event program, attached to every CPU's software
+//! clock only while a profile is being taken, that counts samples per
+//! (process, user stack, kernel stack) in the kernel.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, perf_event},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
+    programs::{PerfEventContext, tracing::StackIdContext as _},
+};
+use hostscope_common::profile::{COMM_ENTRIES, COUNT_ENTRIES, STACK_ENTRIES, SampleKey};
+
+#[map(name = "PROFILE_STACKS")]
+static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
+
+#[map(name = "PROFILE_COUNTS")]
+static PROFILE_COUNTS: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_ENTRIES, 0);
+
+#[map(name = "PROFILE_COMMS")]
+static PROFILE_COMMS: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(COMM_ENTRIES, 0);
+
+#[map(name = "PROFILE_FILTER")]
+static PROFILE_FILTER: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "PROFILE_DROPPED")]
+static PROFILE_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `-EFAULT`: no user stack, as for kernel threads. Not a loss.
+const EFAULT: i32 = -14;
+
+#[inline(always)]
+fn count_dropped() {
+    if let Some(dropped) = PROFILE_DROPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *dropped += 1 };
+    }
+}
+
+#[perf_event]
+pub fn profile_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // The idle task (pid 0) is not CPU work.
+    if pid_tgid as u32 == 0 {
+        return 0;
+    }
+    if let Some(&only) = PROFILE_FILTER.get(0)
+        && only != 0
+        && only != tgid
+    {
+        return 0;
+    }
+    let stack = |flags: u64| match ctx.get_stackid(&PROFILE_STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            if err != EFAULT {
+                count_dropped();
+            }
+            -1
+        }
+    };
+    let key = SampleKey {
+        tgid,
+        user_stack: stack(u64::from(BPF_F_USER_STACK)),
+        kernel_stack: stack(0),
+    };
+    match PROFILE_COUNTS.get_ptr_mut(key) {
+        // SAFETY: a plain counter; a lost increment under a race costs one sample.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            if PROFILE_COUNTS.insert(key, 1, 0).is_err() {
+                count_dropped();
+            }
+        }
+    }
+    // SAFETY: the value is only compared with None.
+    if unsafe { PROFILE_COMMS.get(tgid) }.is_none()
+        && let Ok(comm) = bpf_get_current_comm()
+    {
+        let _ = PROFILE_COMMS.insert(tgid, comm, 0);
+    }
+    0
+}

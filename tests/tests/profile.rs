@@ -1,0 +1,286 @@
+//! CPU profiles of programs whose stacks are known, in every format.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::process::Command;
+
+use hostscope_tests::{
+    daemon::Daemon,
+    hostscope_bin,
+    programs::{HOT_LOOP, Running, SYSCALL_LOOP},
+};
+
+/// Parses folded stacks, checking every line's shape: `frames count`.
+fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .map(|line| {
+            let (frames, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no count: {line}"));
+            let count: u64 = count
+                .parse()
+                .unwrap_or_else(|_| panic!("bad count: {line}"));
+            assert!(count > 0, "zero count: {line}");
+            let frames: Vec<String> = frames.split(';').map(str::to_owned).collect();
+            assert!(frames.iter().all(|f| !f.is_empty()), "empty frame: {line}");
+            (frames, count)
+        })
+        .collect()
+}
+
+/// A 3 s profile of a program that spins in `hot_spin_loop` shows that
+/// function under its true callers (`main` -> `intermediate_caller`) in at
+/// least 90% of the process's samples. The remainder is time the sampler
+/// catches the process outside the loop (the call, timer interrupts whose
+/// kernel frames are still under the loop, scheduling): a few percent.
+#[test]
+fn hot_function_shows_under_its_callers() {
+    let daemon = Daemon::start("sched");
+    let hot = Running::build_and_start("hot_loop", HOT_LOOP);
+    let (status, body) = daemon.get(&format!("/stacks?seconds=3&pid={}", hot.pid));
+    assert_eq!(status, 200, "{body}");
+    let stacks = parse_folded(&body);
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let under_callers: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames[0] == hot.name
+                && frames
+                    .windows(3)
+                    .any(|w| w == ["main", "intermediate_caller", "hot_spin_loop"])
+        })
+        .map(|(_, c)| c)
+        .sum();
+    println!("{under_callers} of {total} samples in main;intermediate_caller;hot_spin_loop");
+    // 3 s at 99 Hz of a process that never sleeps.
+    assert!(
+        total >= 200,
+        "only {total} samples in 3 s at 99 Hz:\n{body}"
+    );
+    assert!(under_callers as f64 >= 0.9 * total as f64, "{body}");
+    assert!(
+        stacks.iter().all(|(f, _)| f[0] == hot.name),
+        "pid filter leaked:\n{body}"
+    );
+}
+
+/// A program that makes system calls in a loop shows kernel frames (marked
+/// `_[k]`) under it, through the syscall entry, in most of its samples.
+#[test]
+fn syscall_heavy_workload_shows_kernel_frames() {
+    let daemon = Daemon::start("sched");
+    let busy = Running::build_and_start("syscall_loop", SYSCALL_LOOP);
+    let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", busy.pid));
+    assert_eq!(status, 200, "{body}");
+    let stacks = parse_folded(&body);
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let in_kernel: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| {
+            frames
+                .iter()
+                .any(|f| f.starts_with("do_syscall_64") && f.ends_with("_[k]"))
+        })
+        .map(|(_, c)| c)
+        .sum();
+    println!("{in_kernel} of {total} samples under do_syscall_64_[k]");
+    // Each write(2) to /dev/null is mostly entry, exit and VFS: well over
+    // half of the loop's time is in the kernel.
+    assert!(in_kernel as f64 >= 0.5 * total as f64, "{body}");
+    // Kernel frames come after (under) the user frames.
+    for (frames, _) in &stacks {
+        if let Some(first_kernel) = frames.iter().position(|f| f.ends_with("_[k]")) {
+            assert!(
+                frames[first_kernel..].iter().all(|f| f.ends_with("_[k]")),
+                "user frame under a kernel frame: {frames:?}"
+            );
+        }
+    }
+}
+
+/// The pprof answer is accepted by `go tool pprof -top` and names the hot
+/// function; the SVG is well-formed XML that names it.
+#[test]
+fn pprof_and_svg_name_the_hot_function() {
+    let daemon = Daemon::start("sched");
+    let hot = Running::build_and_start("hot_loop", HOT_LOOP);
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = |path: &str| format!("http://{}{path}&pid={}", daemon.addr, hot.pid);
+    let mut response = agent
+        .get(url("/debug/pprof/profile?seconds=2"))
+        .call()
+        .expect("GET pprof");
+    assert_eq!(response.status().as_u16(), 200);
+    let pprof = response.body_mut().read_to_vec().expect("pprof body");
+    let file = std::env::temp_dir().join(format!("hostscope-test-{}.pb.gz", std::process::id()));
+    std::fs::write(&file, &pprof).expect("write the profile");
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&file)
+        .output()
+        .expect("go (golang-go) is installed by `cargo xtask setup`");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    assert!(text.contains("hot_spin_loop"), "{text}");
+
+    let (status, svg) = daemon.get(&format!("/flamegraph.svg?seconds=2&pid={}", hot.pid));
+    assert_eq!(status, 200);
+    // inferno's SVG starts with a DOCTYPE, which roxmltree must be told to accept.
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    assert!(
+        document
+            .descendants()
+            .any(|n| n.text().is_some_and(|t| t.contains("hot_spin_loop"))),
+        "the SVG does not name hot_spin_loop"
+    );
+}
+
+/// Bad parameters get 400 and a one-line reason; the CLI exits 2.
+#[test]
+fn bad_parameters_are_refused() {
+    let daemon = Daemon::start("sched");
+    for (query, says) in [
+        ("seconds=0", "at least 1"),
+        ("seconds=-5", "at least 1"),
+        ("seconds=ten", "whole number"),
+        ("seconds=100000", "above the limit"),
+        ("seconds=1&pid=999999999", "no process with pid 999999999"),
+        ("seconds=1&pid=self", "process id"),
+        ("seconds=1&frequency=0", "positive"),
+    ] {
+        for path in ["/stacks", "/flamegraph.svg", "/debug/pprof/profile"] {
+            let (status, body) = daemon.get(&format!("{path}?{query}"));
+            assert_eq!(status, 400, "{path}?{query}: {body}");
+            assert!(body.contains(says), "{path}?{query}: {body}");
+            assert_eq!(body.trim().lines().count(), 1, "{path}?{query}: {body}");
+        }
+    }
+    let output = Command::new(hostscope_bin())
+        .args(["profile", "--seconds", "0"])
+        .output()
+        .expect("run hostscope profile");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 1"));
+}
+
+/// `hostscope profile` works without a daemon and writes folded stacks.
+#[test]
+fn terminal_profile_writes_folded_stacks() {
+    let hot = Running::build_and_start("hot_loop", HOT_LOOP);
+    let out = std::env::temp_dir().join(format!("hostscope-test-{}.folded", std::process::id()));
+    let status = Command::new(hostscope_bin())
+        .args(["profile", "--seconds", "2", "--format", "folded", "--pid"])
+        .arg(hot.pid.to_string())
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("run hostscope profile");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&out).expect("the output file");
+    let _ = std::fs::remove_file(&out);
+    let stacks = parse_folded(&text);
+    assert!(
+        stacks
+            .iter()
+            .any(|(f, _)| f.iter().any(|x| x == "hot_spin_loop")),
+        "{text}"
+    );
+}
+
+/// Perf-event links currently in the kernel (the sampler's, one per CPU
+/// while a capture runs).
+fn perf_links() -> usize {
+    let output = Command::new("bpftool")
+        .args(["--json", "link", "show"])
+        .output()
+        .expect("bpftool");
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    links.as_array().map_or(0, |l| {
+        l.iter().filter(|l| l["type"] == "perf_event").count()
+    })
+}
+
+/// A client that goes away stops the capture: the sampler is detached at
+/// once, not when the requested 30 s are up.
+#[test]
+fn client_disconnect_stops_the_capture() {
+    let daemon = Daemon::start("sched");
+    let addr = daemon.addr;
+    let client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /stacks?seconds=30 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        // Dropping the stream closes the connection mid-capture.
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(perf_links() > 0, "the capture did not start");
+    client.join().expect("client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while perf_links() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sampler still attached 3 s after the client left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Two requests at once are served one after the other: never more than
+/// one sampler (one perf link per online CPU) at a time, both answered.
+#[test]
+fn concurrent_requests_never_run_two_samplers() {
+    let daemon = std::sync::Arc::new(Daemon::start("sched"));
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let daemon = daemon.clone();
+            std::thread::spawn(move || daemon.get("/stacks?seconds=2"))
+        })
+        .collect();
+    let mut most = 0;
+    while requests.iter().any(|r| !r.is_finished()) {
+        most = most.max(perf_links());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for request in requests {
+        let (status, body) = request.join().expect("request thread");
+        assert_eq!(status, 200, "{body}");
+    }
+    println!(
+        "at most {most} perf links for {cpus} CPUs; both answered in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        most <= cpus,
+        "{most} perf links for {cpus} CPUs: two samplers ran at once"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "not served one after the other"
+    );
+}

@@ -5,7 +5,7 @@ use std::{collections::HashMap, future::Future, io, sync::Arc};
 use axum::{
     Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -51,9 +51,27 @@ pub async fn serve(
         .await
 }
 
-async fn scrape(State(state): State<AppState>) -> Response {
-    match state.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().split(';').next() == Some("gzip"));
+    match state.metrics.scrape().await {
+        Ok(exposition) if gzip => (
+            [
+                (header::CONTENT_TYPE, metrics::CONTENT_TYPE),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            exposition.gzip,
+        )
+            .into_response(),
+        Ok(exposition) => (
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            exposition.plain,
+        )
+            .into_response(),
         Err(err) => {
             tracing::error!("encoding metrics failed: {err}");
             (

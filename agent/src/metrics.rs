@@ -1,7 +1,15 @@
 //! Prometheus metrics, computed at scrape time straight from the maps.
 //! Knows prometheus-client, not HTTP.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Instant,
+};
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use flate2::{Compression, write::GzEncoder};
 
 use hostscope_common::histogram::{BUCKETS, Histogram, bucket_upper_bound_ns};
 use prometheus_client::{
@@ -13,6 +21,9 @@ use prometheus_client::{
 
 use crate::collector::Collectors;
 
+/// How old a shared exposition may be when a scrape arrives.
+pub const SHARE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -20,6 +31,22 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The last exposition and when its encoding started. A scrape reuses
+    /// it when that was less than [`SHARE_WITHIN`] before the scrape
+    /// arrived: many scrapers at once (HA Prometheus pairs, a dashboard
+    /// storm) then cost one read of the maps, and no answer is more than
+    /// 100 ms old, far below any scrape interval.
+    latest: tokio::sync::Mutex<Option<(Instant, Exposition)>>,
+}
+
+/// One encoded exposition, plain and gzipped (what Prometheus asks for: the
+/// text is ~100 KiB of repetitive bucket lines and compresses ~20x).
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    /// The OpenMetrics text.
+    pub plain: Bytes,
+    /// The same, gzip-compressed.
+    pub gzip: Bytes,
 }
 
 impl Metrics {
@@ -27,7 +54,34 @@ impl Metrics {
     pub fn new(collectors: Arc<Collectors>) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ScrapeTime { collectors }));
-        Self { registry }
+        Self {
+            registry,
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The exposition, read at most [`SHARE_WITHIN`] before this call.
+    pub async fn scrape(&self) -> Result<Exposition, std::fmt::Error> {
+        let arrived = Instant::now();
+        let mut latest = self.latest.lock().await;
+        if let Some((started, exposition)) = latest.as_ref()
+            && *started + SHARE_WITHIN >= arrived
+        {
+            return Ok(exposition.clone());
+        }
+        let started = Instant::now();
+        let plain = self.encode()?;
+        let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
+        let gzip = gz
+            .write_all(plain.as_bytes())
+            .and_then(|()| gz.finish())
+            .map_err(|_| std::fmt::Error)?;
+        let exposition = Exposition {
+            plain: Bytes::from(plain),
+            gzip: Bytes::from(gzip),
+        };
+        *latest = Some((started, exposition.clone()));
+        Ok(exposition)
     }
 
     /// The OpenMetrics text exposition of every metric.

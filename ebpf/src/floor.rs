@@ -1,4 +1,4 @@
-//! Empty programs on the scheduler's tracepoints: the floor that `cargo
+//! Empty programs on the scheduler's and block layer's tracepoints: the floor that `cargo
 //! xtask bench` measures our programs against (the cost of merely being
 //! attached). The daemon never attaches them.
 
@@ -11,5 +11,15 @@ pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn floor_sched_wakeup(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn floor_block_rq_issue(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn floor_block_rq_complete(_ctx: BtfTracePointContext) -> i32 {
     0
 }

@@ -100,16 +100,24 @@ fn loop_device_io_matches_diskstats() {
         );
     }
 
-    // Detached, the disk's series leave /metrics.
+    // Detached, the disk's series leave /metrics (names are rechecked at
+    // most once a second).
     device.detach();
-    let gone = daemon.scrape();
     let count_name = format!("{BLOCK}_count");
     let labels = [("device", name.as_str())];
-    let left: Vec<_> = gone.matching(&count_name, &labels).collect();
-    assert!(
-        left.is_empty(),
-        "{name} still exported after detach: {left:?}"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let exposition = daemon.scrape();
+        let left: Vec<_> = exposition.matching(&count_name, &labels).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} still exported 3 s after detach: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every series is labelled with a disk name and one of the known

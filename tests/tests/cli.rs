@@ -115,6 +115,17 @@ fn healthz_and_index_answer() {
     assert_eq!(status, 200);
     assert!(index.contains("/metrics"));
     assert_eq!(daemon.get("/nope").0, 404);
+    // The harness's client asks for gzip, as Prometheus does; a client that
+    // does not gets plain text.
+    let mut stream = std::net::TcpStream::connect(daemon.addr).expect("connect");
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("send");
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut plain).expect("read");
+    assert!(
+        !plain.to_ascii_lowercase().contains("content-encoding"),
+        "{plain}"
+    );
+    assert!(plain.trim_end().ends_with("# EOF"), "{plain}");
     let exposition = daemon.scrape();
     assert_eq!(
         exposition.value(

@@ -1,6 +1,10 @@
 //! Block I/O latency per disk and operation (kernel side: `ebpf/src/block.rs`).
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use hostscope_common::{
@@ -37,6 +41,29 @@ pub struct BlockCollector {
     // during a scrape, which takes `&self`.
     latency: Mutex<PerCpuHashMap<MapData, BlockKey, Histogram>>,
     dropped: PerCpuArray<MapData, u64>,
+    names: Mutex<NameCache>,
+}
+
+/// Disk names by dev_t, looked up in sysfs at most once a second per disk:
+/// a scrape must stay cheap under many concurrent scrapers, and a disk that
+/// appears or goes away is still noticed within a second.
+#[derive(Default)]
+struct NameCache(HashMap<u32, (Option<String>, Instant)>);
+
+impl NameCache {
+    const FRESH_FOR: Duration = Duration::from_secs(1);
+
+    fn get(&mut self, dev: u32) -> Option<String> {
+        let now = Instant::now();
+        match self.0.get(&dev) {
+            Some((name, at)) if now.duration_since(*at) < Self::FRESH_FOR => name.clone(),
+            _ => {
+                let name = disk_name(dev);
+                self.0.insert(dev, (name.clone(), now));
+                name
+            }
+        }
+    }
 }
 
 impl BlockCollector {
@@ -49,6 +76,7 @@ impl BlockCollector {
         Ok(Self {
             latency: Mutex::new(latency),
             dropped,
+            names: Mutex::default(),
         })
     }
 
@@ -60,11 +88,15 @@ impl BlockCollector {
             .latency
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut merged: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
         let mut gone = Vec::new();
         for entry in latency.iter() {
             let (key, per_cpu) = entry?;
-            let Some(device) = disk_name(key.dev) else {
+            let Some(device) = names.get(key.dev) else {
                 gone.push(key);
                 continue;
             };

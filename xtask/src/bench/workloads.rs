@@ -11,10 +11,21 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// `perf bench sched pipe -l loops`: two processes ping-ponging over a pipe,
-/// the classic context-switch benchmark. Returns operations per second.
+/// the classic context-switch benchmark, both pinned to CPU 0. Unpinned,
+/// its throughput swings several-fold with whether the scheduler happens to
+/// put both on one CPU, which drowns any probe's cost. Returns ops/second.
 pub fn sched_pipe(loops: u64) -> anyhow::Result<f64> {
-    let output = Command::new("perf")
-        .args(["bench", "sched", "pipe", "-l", &loops.to_string()])
+    let output = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "perf",
+            "bench",
+            "sched",
+            "pipe",
+            "-l",
+            &loops.to_string(),
+        ])
         .output()
         .context("running perf bench sched pipe")?;
     if !output.status.success() {

@@ -5,16 +5,18 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::PathBuf,
     sync::mpsc,
     time::Instant,
 };
 
 use blazesym::{
     Pid,
+    normalize::{Normalizer, UserMeta},
     symbolize::{
         Input, Symbolized, Symbolizer,
         cache::{Cache, Process as CacheProcess},
-        source::{Kernel, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 
@@ -106,13 +108,7 @@ fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
         ..Kernel::default()
     });
     let kernel_names = names(symbolizer, &kernel_source, kernel_addrs, "_[k]");
-    let user_names: HashMap<u32, HashMap<u64, String>> = user_addrs
-        .into_iter()
-        .map(|(tgid, addrs)| {
-            let source = Source::Process(Process::new(Pid::from(tgid)));
-            (tgid, names(symbolizer, &source, addrs, ""))
-        })
-        .collect();
+    let user_names = user_names(symbolizer, user_addrs);
 
     // Stacks that differ only in addresses within the same functions read
     // the same once symbolized: merge them.
@@ -160,6 +156,79 @@ fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
         dropped: raw.dropped,
         symbolize_time: started.elapsed(),
     }
+}
+
+/// Names for every process's user addresses. Addresses are first mapped to
+/// (file, offset) per process, and each file is then symbolized once for
+/// all processes that map it: a host running three hundred copies of one
+/// program parses its ELF once, not three hundred times. Files are opened
+/// through /proc/PID/root, so a container's binaries are its own. What does
+/// not map to a file (JIT code, processes that already exited) goes through
+/// per-process symbolization, which has perf maps and cached mappings.
+fn user_names(
+    symbolizer: &Symbolizer,
+    user_addrs: BTreeMap<u32, Vec<u64>>,
+) -> HashMap<u32, HashMap<u64, String>> {
+    let normalizer = Normalizer::builder().enable_build_ids(true).build();
+    // (path, build id) -> the pid to open it through, and (pid, address, offset)s.
+    let mut by_file: HashMap<(PathBuf, Option<Vec<u8>>), (u32, Vec<(u32, u64, u64)>)> =
+        HashMap::new();
+    let mut per_process: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (tgid, mut addrs) in user_addrs {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let Ok(normalized) = normalizer.normalize_user_addrs(Pid::from(tgid), &addrs) else {
+            per_process.insert(tgid, addrs);
+            continue;
+        };
+        for (addr, (offset, meta)) in addrs.iter().zip(normalized.outputs) {
+            match normalized.meta.get(meta) {
+                Some(UserMeta::Elf(elf)) => {
+                    let key = (elf.path.clone(), elf.build_id.as_ref().map(|b| b.to_vec()));
+                    let (_, entries) = by_file.entry(key).or_insert((tgid, Vec::new()));
+                    entries.push((tgid, *addr, offset));
+                }
+                _ => per_process.entry(tgid).or_default().push(*addr),
+            }
+        }
+    }
+
+    let mut names: HashMap<u32, HashMap<u64, String>> = HashMap::new();
+    for ((path, _), (opener, entries)) in by_file {
+        let relative = path.strip_prefix("/").unwrap_or(&path);
+        let file = PathBuf::from(format!("/proc/{opener}/root")).join(relative);
+        let offsets: Vec<u64> = entries.iter().map(|(_, _, offset)| *offset).collect();
+        let source = Source::Elf(Elf::new(file));
+        match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+            Ok(results) => {
+                for ((tgid, addr, _), result) in entries.into_iter().zip(results) {
+                    match result {
+                        Symbolized::Sym(sym) => {
+                            names
+                                .entry(tgid)
+                                .or_default()
+                                .insert(addr, sym.name.into_owned());
+                        }
+                        Symbolized::Unknown(_) => per_process.entry(tgid).or_default().push(addr),
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!("symbolizing {}: {err}", path.display());
+                for (tgid, addr, _) in entries {
+                    per_process.entry(tgid).or_default().push(addr);
+                }
+            }
+        }
+    }
+    for (tgid, addrs) in per_process {
+        let source = Source::Process(Process::new(Pid::from(tgid)));
+        names
+            .entry(tgid)
+            .or_default()
+            .extend(self::names(symbolizer, &source, addrs, ""));
+    }
+    names
 }
 
 fn stack(raw: &Raw, id: i32) -> Option<&Vec<u64>> {

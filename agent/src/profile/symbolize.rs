@@ -158,6 +158,11 @@ fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
     }
 }
 
+/// A mapped file: its path and build ID.
+type FileId = (PathBuf, Option<Vec<u8>>);
+/// An address of a process, and its offset in a mapped file: (pid, address, offset).
+type FileAddr = (u32, u64, u64);
+
 /// Names for every process's user addresses. Addresses are first mapped to
 /// (file, offset) per process, and each file is then symbolized once for
 /// all processes that map it: a host running three hundred copies of one
@@ -170,9 +175,7 @@ fn user_names(
     user_addrs: BTreeMap<u32, Vec<u64>>,
 ) -> HashMap<u32, HashMap<u64, String>> {
     let normalizer = Normalizer::builder().enable_build_ids(true).build();
-    // (path, build id) -> the pid to open it through, and (pid, address, offset)s.
-    let mut by_file: HashMap<(PathBuf, Option<Vec<u8>>), (u32, Vec<(u32, u64, u64)>)> =
-        HashMap::new();
+    let mut by_file: HashMap<FileId, (u32, Vec<FileAddr>)> = HashMap::new();
     let mut per_process: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (tgid, mut addrs) in user_addrs {
         addrs.sort_unstable();

@@ -4,18 +4,18 @@
 //! field get its offset as a load-time constant from here. This keeps one
 //! binary correct across kernels whose structs differ.
 
-use btf_rs::{Btf, Type};
+use crate::btf::{Btf, BtfError};
 use hostscope_common::{block, tcp};
 
 /// A field could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    /// The kernel BTF file could not be parsed.
+    /// The kernel BTF file could not be read or parsed.
     #[error("cannot parse kernel BTF at {path}: {reason}; point --kernel-btf at this kernel's BTF")]
     Parse {
         /// The file.
         path: String,
-        /// btf-rs's reason.
+        /// The reader's reason.
         reason: String,
     },
     /// The struct or member is not in this kernel's BTF.
@@ -26,92 +26,124 @@ pub enum LayoutError {
         /// The member's name.
         member: &'static str,
     },
-    /// Fields the program reads together are not laid out as it assumes.
-    #[error("unexpected layout: {0}")]
-    Unexpected(&'static str),
+    /// The kernel's types are not what the programs assume.
+    #[error("unexpected kernel layout: {0}")]
+    Unexpected(String),
 }
 
 /// Load-time constants: `(global name, byte offset)`.
 pub type Offsets = Vec<(&'static str, u32)>;
 
-/// Offsets the block I/O programs need.
+/// Offsets the block I/O programs need, after checking every type they rely on.
 pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
     use block::offsets;
-    let major = member_offset(btf, "gendisk", "major")?;
-    if member_offset(btf, "gendisk", "first_minor")? != major + 4 {
+    for tracepoint in ["block_rq_issue", "block_rq_complete"] {
+        takes_pointer_to(btf, tracepoint, "request")?;
+    }
+    for (op, value) in [("READ", 0), ("WRITE", 1), ("FLUSH", 2), ("DISCARD", 3)] {
+        let name = format!("REQ_OP_{op}");
+        if btf.enum_value("req_op", &name).ok().flatten() != Some(value) {
+            return Err(LayoutError::Unexpected(format!("{name} is not {value}")));
+        }
+    }
+    let major = field(btf, "gendisk", "major", 4)?;
+    if field(btf, "gendisk", "first_minor", 4)? != major + 4 {
         return Err(LayoutError::Unexpected(
-            "gendisk.first_minor does not follow gendisk.major",
+            "gendisk.first_minor does not follow gendisk.major".into(),
         ));
     }
     Ok(vec![
-        (offsets::REQUEST_Q, member_offset(btf, "request", "q")?),
+        (
+            offsets::REQUEST_Q,
+            pointer_field(btf, "request", "q", "request_queue")?,
+        ),
         (
             offsets::REQUEST_CMD_FLAGS,
-            member_offset(btf, "request", "cmd_flags")?,
+            field(btf, "request", "cmd_flags", 4)?,
         ),
         (
             offsets::QUEUE_DISK,
-            member_offset(btf, "request_queue", "disk")?,
+            pointer_field(btf, "request_queue", "disk", "gendisk")?,
         ),
         (offsets::DISK_MAJOR, major),
     ])
 }
 
-/// Offsets the TCP programs need.
+/// Offsets the TCP programs need, after checking the types they rely on.
 pub fn tcp(btf: &Btf) -> Result<Offsets, LayoutError> {
     use tcp::offsets;
+    for tracepoint in ["tcp_probe", "inet_sock_set_state", "tcp_retransmit_skb"] {
+        takes_pointer_to(btf, tracepoint, "sock")?;
+    }
     Ok(vec![
         (
             offsets::TCP_SOCK_SRTT_US,
-            member_offset(btf, "tcp_sock", "srtt_us")?,
+            field(btf, "tcp_sock", "srtt_us", 4)?,
         ),
         (
             offsets::SOCK_PROTOCOL,
-            member_offset(btf, "sock", "sk_protocol")?,
+            field(btf, "sock", "sk_protocol", 2)?,
         ),
     ])
 }
 
 /// Parses the kernel's BTF at `path` (normally /sys/kernel/btf/vmlinux).
 pub fn kernel_btf(path: &std::path::Path) -> Result<Btf, LayoutError> {
-    Btf::from_file(path).map_err(|e| LayoutError::Parse {
+    Btf::from_file(path).map_err(|e: BtfError| LayoutError::Parse {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
 }
 
-/// The byte offset of `strukt.member`, looking through anonymous unions
-/// and structs the way C does.
-fn member_offset(
+/// The byte offset of `strukt.member` (looking through anonymous members
+/// as C does), checked to be `size` bytes wide: what the program reads.
+fn field(
     btf: &Btf,
     strukt: &'static str,
     member: &'static str,
+    size: u32,
 ) -> Result<u32, LayoutError> {
-    let missing = || LayoutError::Missing { strukt, member };
-    let types = btf.resolve_types_by_name(strukt).map_err(|_| missing())?;
-    types
-        .iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => find_member(btf, s, member, 0),
-            _ => None,
-        })
-        .ok_or_else(missing)
+    let found = btf
+        .member(strukt, member)
+        .map_err(|_| LayoutError::Missing { strukt, member })?;
+    match btf.size_of(found.type_id) {
+        Ok(actual) if actual == size => Ok(found.offset),
+        Ok(actual) => Err(LayoutError::Unexpected(format!(
+            "{strukt}.{member} is {actual} bytes, the probes read {size}"
+        ))),
+        Err(err) => Err(LayoutError::Unexpected(format!("{strukt}.{member}: {err}"))),
+    }
 }
 
-fn find_member(btf: &Btf, s: &btf_rs::Struct, wanted: &str, base_bits: u32) -> Option<u32> {
-    for m in &s.members {
-        let bits = base_bits + m.bit_offset();
-        match btf.resolve_name(m) {
-            Ok(name) if name == wanted => return Some(bits / 8),
-            Ok(name) if !name.is_empty() => continue,
-            _ => {}
-        }
-        // An anonymous member: look inside it.
-        if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
-            && let Some(found) = find_member(btf, &inner, wanted, bits)
-        {
-            return Some(found);
-        }
+/// The byte offset of `strukt.member`, checked to point to `struct target`.
+fn pointer_field(
+    btf: &Btf,
+    strukt: &'static str,
+    member: &'static str,
+    target: &str,
+) -> Result<u32, LayoutError> {
+    let found = btf
+        .member(strukt, member)
+        .map_err(|_| LayoutError::Missing { strukt, member })?;
+    match btf.pointee_struct_name(found.type_id) {
+        Ok(Some(name)) if name == target => Ok(found.offset),
+        _ => Err(LayoutError::Unexpected(format!(
+            "{strukt}.{member} is not a struct {target} *"
+        ))),
     }
-    None
+}
+
+/// Checks that BTF tracepoint `tracepoint`'s first argument points to
+/// `struct target`, as the program that reads it assumes.
+fn takes_pointer_to(btf: &Btf, tracepoint: &str, target: &str) -> Result<(), LayoutError> {
+    let first = btf
+        .tracepoint_args(tracepoint)
+        .ok()
+        .and_then(|args| args.first().copied());
+    match first.map(|arg| btf.pointee_struct_name(arg)) {
+        Some(Ok(Some(name))) if name == target => Ok(()),
+        _ => Err(LayoutError::Unexpected(format!(
+            "tracepoint {tracepoint} does not take a struct {target} * first"
+        ))),
+    }
 }

@@ -3,6 +3,7 @@
 //! Errors are typed in the modules below; this file alone turns them into
 //! one line on stderr and an exit code: 2 for bad input, 1 for the rest.
 
+mod btf;
 mod cli;
 mod collector;
 mod hist;

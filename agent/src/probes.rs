@@ -76,7 +76,7 @@ pub enum AttachError {
 }
 
 /// Finds the field offsets one collector's programs need.
-type LayoutFn = fn(&btf_rs::Btf) -> Result<kernel_layout::Offsets, kernel_layout::LayoutError>;
+type LayoutFn = fn(&crate::btf::Btf) -> Result<kernel_layout::Offsets, kernel_layout::LayoutError>;
 
 /// The loaded eBPF object.
 pub struct Probes {

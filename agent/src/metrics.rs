@@ -21,9 +21,6 @@ use prometheus_client::{
 
 use crate::collector::Collectors;
 
-/// How old a shared exposition may be when a scrape arrives.
-pub const SHARE_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -32,10 +29,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct Metrics {
     registry: Registry,
     /// The last exposition and when its encoding started. A scrape reuses
-    /// it when that was less than [`SHARE_WITHIN`] before the scrape
-    /// arrived: many scrapers at once (HA Prometheus pairs, a dashboard
-    /// storm) then cost one read of the maps, and no answer is more than
-    /// 100 ms old, far below any scrape interval.
+    /// it only if that encoding started after the scrape arrived: never
+    /// staler than a read of its own (scrape, act, scrape shows the act),
+    /// yet scrapes that queue up while one read runs all share the next.
     latest: tokio::sync::Mutex<Option<(Instant, Exposition)>>,
 }
 
@@ -60,12 +56,12 @@ impl Metrics {
         }
     }
 
-    /// The exposition, read at most [`SHARE_WITHIN`] before this call.
+    /// The exposition, read after this call began.
     pub async fn scrape(&self) -> Result<Exposition, std::fmt::Error> {
         let arrived = Instant::now();
         let mut latest = self.latest.lock().await;
         if let Some((started, exposition)) = latest.as_ref()
-            && *started + SHARE_WITHIN >= arrived
+            && *started >= arrived
         {
             return Ok(exposition.clone());
         }

@@ -11,9 +11,10 @@
 //! read from the request through field offsets the daemon found in the
 //! kernel's BTF (no CO-RE in Rust eBPF yet).
 
+use crate::maps::{count, read_at};
 use aya_ebpf::{
     Global,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -50,14 +51,6 @@ static BLOCK_ZERO: Array<Histogram> = Array::with_max_entries(1, 0);
 #[map(name = "BLOCK_DROPPED")]
 static BLOCK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-#[inline(always)]
-fn count_dropped() {
-    if let Some(dropped) = BLOCK_DROPPED.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe { *dropped += 1 };
-    }
-}
-
 /// `block_rq_issue(struct request *rq)`
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
@@ -65,7 +58,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if BLOCK_START.insert(rq, now, 0).is_err() {
-        count_dropped();
+        count(&BLOCK_DROPPED, 0);
     }
     0
 }
@@ -81,7 +74,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     let _ = BLOCK_START.remove(rq);
     // SAFETY: the helper has no preconditions.
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(issued);
-    let Some(key) = request_key(rq as *const u8) else {
+    let Some(key) = request_key(rq) else {
         return 0;
     };
     let histogram = match BLOCK_LATENCY.get_ptr_mut(key) {
@@ -96,7 +89,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
             match BLOCK_LATENCY.get_ptr_mut(key) {
                 Some(histogram) => histogram,
                 None => {
-                    count_dropped();
+                    count(&BLOCK_DROPPED, 0);
                     return 0;
                 }
             }
@@ -109,25 +102,14 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
 
 /// The disk (as `(major << 20) | first_minor`) and operation of a request.
 #[inline(always)]
-fn request_key(rq: *const u8) -> Option<BlockKey> {
+fn request_key(rq: u64) -> Option<BlockKey> {
     let cmd_flags: u32 = read_at(rq, BLOCK_OFF_REQUEST_CMD_FLAGS.load())?;
-    let queue: *const u8 = read_at(rq, BLOCK_OFF_REQUEST_Q.load())?;
-    let disk: *const u8 = read_at(queue, BLOCK_OFF_QUEUE_DISK.load())?;
+    let queue: u64 = read_at(rq, BLOCK_OFF_REQUEST_Q.load())?;
+    let disk: u64 = read_at(queue, BLOCK_OFF_QUEUE_DISK.load())?;
     // `major` and `first_minor` are adjacent ints: one read (checked by the daemon).
     let major_minor: [u32; 2] = read_at(disk, BLOCK_OFF_DISK_MAJOR.load())?;
     Some(BlockKey {
         dev: (major_minor[0] << MINOR_BITS) | major_minor[1],
         op: cmd_flags & REQ_OP_MASK,
     })
-}
-
-/// Reads a `T` at `base + offset` from kernel memory.
-#[inline(always)]
-fn read_at<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
-    if base.is_null() {
-        return None;
-    }
-    let field = base.wrapping_add(offset as usize).cast::<T>();
-    // SAFETY: bpf_probe_read_kernel copes with any address.
-    unsafe { bpf_probe_read_kernel(field) }.ok()
 }

@@ -10,6 +10,7 @@
 mod block;
 mod floor;
 mod histogram;
+mod maps;
 mod profile;
 mod sched;
 mod task_storage;

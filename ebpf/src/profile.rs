@@ -2,6 +2,7 @@
 //! clock only while a profile is being taken, that counts samples per
 //! (process, user stack, kernel stack) in the kernel.
 
+use crate::maps::count;
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
@@ -29,14 +30,6 @@ static PROFILE_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// `-EFAULT`: no user stack, as for kernel threads. Not a loss.
 const EFAULT: i32 = -14;
 
-#[inline(always)]
-fn count_dropped() {
-    if let Some(dropped) = PROFILE_DROPPED.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe { *dropped += 1 };
-    }
-}
-
 #[perf_event]
 pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -55,7 +48,7 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
         Ok(id) => id as i32,
         Err(err) => {
             if err != EFAULT {
-                count_dropped();
+                count(&PROFILE_DROPPED, 0);
             }
             -1
         }
@@ -70,7 +63,7 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
         Some(count) => unsafe { *count += 1 },
         None => {
             if PROFILE_COUNTS.insert(key, 1, 0).is_err() {
-                count_dropped();
+                count(&PROFILE_DROPPED, 0);
             }
         }
     }

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use hostscope_common::histogram::Histogram;
 
-use crate::task_storage::TaskStorage;
+use crate::{maps::record, task_storage::TaskStorage};
 
 /// The histogram: one slot, one copy per CPU, so updates need no atomics.
 #[map(name = "RUNQ_LATENCY")]
@@ -93,9 +93,6 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if enqueued == 0 {
         return 0;
     }
-    if let Some(histogram) = RUNQ_LATENCY.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, and BPF programs do not migrate mid-run.
-        unsafe { crate::histogram::record(&mut *histogram, now.saturating_sub(enqueued)) };
-    }
+    record(&RUNQ_LATENCY, 0, now.saturating_sub(enqueued));
     0
 }

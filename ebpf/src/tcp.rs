@@ -3,9 +3,10 @@
 //! retransmitted segments (`tcp_retransmit_skb`). IPv4 and IPv6 alike; no
 //! per-address or per-port state is exported, so cardinality stays fixed.
 
+use crate::maps::{count, read_at, record};
 use aya_ebpf::{
     Global,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -42,30 +43,6 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
-#[inline(always)]
-fn count(counter: u32) {
-    if let Some(value) = TCP_COUNTERS_MAP.get_ptr_mut(counter) {
-        // SAFETY: per-CPU slot.
-        unsafe { *value += 1 };
-    }
-}
-
-#[inline(always)]
-fn record(slot: u32, value_ns: u64) {
-    if let Some(histogram) = TCP_LATENCY.get_ptr_mut(slot) {
-        // SAFETY: this CPU's copy; BPF programs do not migrate mid-run.
-        unsafe { crate::histogram::record(&mut *histogram, value_ns) };
-    }
-}
-
-/// Reads a `T` at `base + offset` from kernel memory.
-#[inline(always)]
-fn read_at<T: Copy>(base: u64, offset: u32) -> Option<T> {
-    let field = (base as usize).wrapping_add(offset as usize) as *const T;
-    // SAFETY: bpf_probe_read_kernel copes with any address.
-    unsafe { bpf_probe_read_kernel(field) }.ok()
-}
-
 /// `tcp_probe(const struct sock *sk, const struct sk_buff *skb)`: a segment
 /// arrived on an established socket. `srtt_us` holds 8 x the smoothed RTT.
 #[btf_tracepoint(function = "tcp_probe")]
@@ -74,7 +51,7 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     if let Some(srtt_x8) = read_at::<u32>(sk, TCP_OFF_SRTT_US.load())
         && srtt_x8 != 0
     {
-        record(RTT_SLOT, u64::from(srtt_x8 >> 3) * 1_000);
+        record(&TCP_LATENCY, RTT_SLOT, u64::from(srtt_x8 >> 3) * 1_000);
     }
     0
 }
@@ -95,7 +72,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         if TCP_CONNECT_START.insert(sk, now, 0).is_err() {
-            count(CONNECT_DROPPED_COUNTER);
+            count(&TCP_COUNTERS_MAP, CONNECT_DROPPED_COUNTER);
         }
         return 0;
     }
@@ -108,11 +85,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if new == TCP_ESTABLISHED {
         // SAFETY: the helper has no preconditions.
         record(
+            &TCP_LATENCY,
             CONNECT_SLOT,
             unsafe { bpf_ktime_get_ns() }.saturating_sub(started),
         );
     } else if new == TCP_CLOSE {
-        count(CONNECT_FAILURES_COUNTER);
+        count(&TCP_COUNTERS_MAP, CONNECT_FAILURES_COUNTER);
     }
     0
 }
@@ -124,7 +102,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     let err: i32 = ctx.arg(2);
     if err == 0 {
-        count(RETRANSMITS_COUNTER);
+        count(&TCP_COUNTERS_MAP, RETRANSMITS_COUNTER);
     }
     0
 }

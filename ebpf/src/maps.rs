@@ -1,0 +1,34 @@
+//! Small operations every collector does on its maps and on kernel memory.
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::PerCpuArray};
+use hostscope_common::histogram::Histogram;
+
+/// Adds one to slot `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn count(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(value) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's copy; BPF programs do not migrate mid-run.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Records `value_ns` into slot `index` of a per-CPU histogram array.
+#[inline(always)]
+pub fn record(histograms: &PerCpuArray<Histogram>, index: u32, value_ns: u64) {
+    if let Some(histogram) = histograms.get_ptr_mut(index) {
+        // SAFETY: this CPU's copy; BPF programs do not migrate mid-run.
+        unsafe { crate::histogram::record(&mut *histogram, value_ns) };
+    }
+}
+
+/// Reads a `T` at `base + offset` from kernel memory (offsets come from the
+/// kernel's BTF, found by the daemon); `None` for a null base or a fault.
+#[inline(always)]
+pub fn read_at<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    let field = (base as usize).wrapping_add(offset as usize) as *const T;
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { bpf_probe_read_kernel(field) }.ok()
+}

@@ -87,6 +87,15 @@ impl Histogram {
         self.count = self.count.wrapping_add(other.count);
     }
 
+    /// The sum of `parts`, such as the per-CPU copies of one map slot.
+    pub fn total<'a>(parts: impl IntoIterator<Item = &'a Histogram>) -> Histogram {
+        let mut total = Histogram::ZERO;
+        for part in parts {
+            total.merge(part);
+        }
+        total
+    }
+
     /// What was recorded since `earlier`, a previous reading of the same
     /// monotonically growing histogram.
     pub fn since(&self, earlier: &Histogram) -> Histogram {
@@ -230,8 +239,7 @@ mod tests {
             a.record(v);
             b.record(v / 3);
         }
-        let mut total = a;
-        total.merge(&b);
+        let total = Histogram::total([&a, &b]);
         assert_eq!(total.since(&a), b);
         assert_eq!(total.count, a.count + b.count);
     }

@@ -100,12 +100,10 @@ impl BlockCollector {
                 gone.push(key);
                 continue;
             };
-            let total = merged
+            merged
                 .entry((device, op_name(key.op)))
-                .or_insert(Histogram::ZERO);
-            for histogram in per_cpu.iter() {
-                total.merge(histogram);
-            }
+                .or_insert(Histogram::ZERO)
+                .merge(&Histogram::total(per_cpu.iter()));
         }
         for key in gone {
             // Already gone (another scrape removed it) is fine.

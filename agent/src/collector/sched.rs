@@ -24,11 +24,6 @@ impl SchedCollector {
 
     /// Everything recorded since attach, summed over CPUs.
     pub fn snapshot(&self) -> Result<Histogram, MapError> {
-        let per_cpu = self.latency.get(&0, 0)?;
-        let mut total = Histogram::ZERO;
-        for histogram in per_cpu.iter() {
-            total.merge(histogram);
-        }
-        Ok(total)
+        Ok(Histogram::total(self.latency.get(&0, 0)?.iter()))
     }
 }

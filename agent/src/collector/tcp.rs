@@ -47,11 +47,7 @@ impl TcpCollector {
     /// Totals since attach, summed over CPUs.
     pub fn snapshot(&self) -> Result<TcpSnapshot, MapError> {
         let histogram = |slot| -> Result<Histogram, MapError> {
-            let mut total = Histogram::ZERO;
-            for h in self.latency.get(&slot, 0)?.iter() {
-                total.merge(h);
-            }
-            Ok(total)
+            Ok(Histogram::total(self.latency.get(&slot, 0)?.iter()))
         };
         let counter =
             |index| -> Result<u64, MapError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };

@@ -85,6 +85,22 @@ impl NetnsPair {
         })
     }
 
+    /// A TCP connection from namespace `a` to a listener on `port` in `b`:
+    /// (client end, server end).
+    pub fn connect_a_to_b(&self, port: u16) -> (std::net::TcpStream, std::net::TcpStream) {
+        let server_addr = std::net::SocketAddr::from((self.addr_b, port));
+        let listener = Self::spawn_in(&self.b, move || std::net::TcpListener::bind(server_addr))
+            .join()
+            .expect("listener thread")
+            .expect("listen in namespace b");
+        let client = Self::spawn_in(&self.a, move || std::net::TcpStream::connect(server_addr))
+            .join()
+            .expect("client thread")
+            .expect("connect from namespace a");
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
     /// Makes `b` silently drop (`reachable == false`) or accept what `a`
     /// sends, by removing or restoring its address. The link stays up, so
     /// `a`'s segments leave it and are lost on the way, as on a real network

@@ -9,7 +9,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -140,16 +140,7 @@ fn rtt_agrees_with_tcp_info_on_loopback() {
 fn rtt_agrees_with_tcp_info_over_veth() {
     let daemon = Daemon::start("tcp");
     let pair = NetnsPair::create();
-    let server_addr = SocketAddr::from((pair.addr_b, 7000));
-    let listener = NetnsPair::spawn_in(&pair.b, move || TcpListener::bind(server_addr))
-        .join()
-        .expect("listener thread")
-        .expect("listen in namespace b");
-    let client = NetnsPair::spawn_in(&pair.a, move || TcpStream::connect(server_addr))
-        .join()
-        .expect("client thread")
-        .expect("connect from namespace a");
-    let (server, _) = listener.accept().expect("accept");
+    let (client, server) = pair.connect_a_to_b(7000);
     rtt_agrees_with_tcp_info(&daemon, client, server);
 }
 
@@ -161,16 +152,7 @@ fn rtt_agrees_with_tcp_info_over_veth() {
 fn retransmits_match_tcp_info() {
     let daemon = Daemon::start("tcp");
     let pair = NetnsPair::create();
-    let server_addr = SocketAddr::from((pair.addr_b, 7001));
-    let listener = NetnsPair::spawn_in(&pair.b, move || TcpListener::bind(server_addr))
-        .join()
-        .expect("listener thread")
-        .expect("listen in namespace b");
-    let mut client = NetnsPair::spawn_in(&pair.a, move || TcpStream::connect(server_addr))
-        .join()
-        .expect("client thread")
-        .expect("connect from namespace a");
-    let (mut server, _) = listener.accept().expect("accept");
+    let (mut client, mut server) = pair.connect_a_to_b(7001);
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while matches!(server.read(&mut buf), Ok(n) if n > 0) {}

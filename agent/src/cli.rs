@@ -132,9 +132,10 @@ pub enum HistFormat {
 /// Where the kernel's interfaces live; the defaults are right on every usual system.
 #[derive(Debug, Clone, Args)]
 pub struct SystemArgs {
-    /// Where tracefs is (or gets) mounted.
-    #[arg(long, env = "HOSTSCOPE_TRACEFS", default_value = "/sys/kernel/tracing")]
-    pub tracefs: PathBuf,
+    /// No longer used: every probe is a BTF tracepoint, which needs no
+    /// tracefs. Still accepted so that existing unit files keep starting.
+    #[arg(long, env = "HOSTSCOPE_TRACEFS", hide = true)]
+    pub tracefs: Option<PathBuf>,
 
     /// Kernel BTF to read struct layouts from (the block and tcp probes read
     /// a few kernel fields at offsets found there).
@@ -154,5 +155,14 @@ fn parse_positive_seconds(text: &str) -> Result<f64, String> {
         Ok(seconds)
     } else {
         Err(format!("`{text}` must be a positive number of seconds"))
+    }
+}
+
+impl SystemArgs {
+    /// Says once that `--tracefs` no longer does anything.
+    pub fn warn_unused(&self) {
+        if self.tracefs.is_some() {
+            tracing::warn!("--tracefs (HOSTSCOPE_TRACEFS) is no longer used and can be removed");
+        }
     }
 }

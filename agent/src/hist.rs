@@ -11,13 +11,13 @@ use crate::{
     collector::{CollectorKind, Collectors},
     privileges,
     probes::Probes,
-    render, serve,
+    render,
 };
 
 /// Runs the command.
 pub fn run(args: HistArgs) -> anyhow::Result<()> {
     privileges::check()?;
-    serve::prepare_tracefs(&args.system.tracefs);
+    args.system.warn_unused();
     let mut probes = Probes::load(&args.system.kernel_btf)?;
     let collectors = Collectors::start(&mut probes, &[args.collector]);
     if let Some(reason) = collectors

@@ -12,7 +12,6 @@ use crate::{
     privileges,
     probes::Probes,
     profile::{self, Limits, Profiler},
-    serve,
 };
 
 /// The CLI's own limits: an engineer at a terminal may ask for more than a
@@ -30,9 +29,12 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
         args.frequency.as_deref(),
     )?;
     privileges::check()?;
-    serve::prepare_tracefs(&args.system.tracefs);
+    args.system.warn_unused();
     let probes = Arc::new(Mutex::new(Probes::load(&args.system.kernel_btf)?));
     let profiler = Profiler::new(probes, LIMITS)?;
+    // As the daemon does: nothing that reads other processes' files runs
+    // with more than it needs.
+    privileges::drop_to_runtime_set()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -18,7 +18,6 @@ use crate::{
     privileges,
     probes::Probes,
     profile::{Limits, Profiler},
-    tracefs,
 };
 
 /// The listen address cannot be used: a usage error (exit code 2).
@@ -31,24 +30,16 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Runs the daemon.
+/// Runs the daemon. Everything that needs privileges (binding, loading and
+/// attaching probes) happens first, on this one thread; then capabilities
+/// are dropped to [`privileges::RUNTIME_SET`], and only then does the async
+/// runtime start its threads, so that none of them ever holds more.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     privileges::check()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-
+    args.system.warn_unused();
     // Bind before loading anything: a busy port should fail in milliseconds.
-    let listener = runtime
-        .block_on(TcpListener::bind(args.listen))
-        .map_err(|source| BindError {
-            addr: args.listen,
-            source,
-        })?;
+    let listener = bind(args.listen)?;
 
-    prepare_tracefs(&args.system.tracefs);
     let mut probes = Probes::load(&args.system.kernel_btf)?;
     let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
     probes.release_btf();
@@ -64,14 +55,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!("CPU profiling unavailable: {err}");
             Arc::from(err.to_string())
         });
+    let kept = privileges::drop_to_runtime_set()?;
+    tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let state = http::AppState {
         metrics: Arc::new(Metrics::new(collectors)),
         profiler,
     };
-
     tracing::info!(listen = %args.listen, "serving /metrics");
     runtime
-        .block_on(http::serve(listener, state, shutdown_signal()))
+        .block_on(async {
+            let listener = TcpListener::from_std(listener)?;
+            http::serve(listener, state, shutdown_signal()).await
+        })
         .context("serving HTTP")?;
 
     drop(runtime);
@@ -80,14 +81,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mounts tracefs if needed. A failure only matters to collectors that use
-/// classic tracepoints, which then report themselves down.
-pub fn prepare_tracefs(path: &std::path::Path) {
-    match tracefs::ensure_mounted(path) {
-        Ok(true) => tracing::info!(path = %path.display(), "mounted tracefs"),
-        Ok(false) => {}
-        Err(err) => tracing::warn!("{err}"),
-    }
+/// Binds the listening socket (non-blocking, for the runtime to adopt).
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(|source| BindError { addr, source })
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

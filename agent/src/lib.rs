@@ -1,0 +1,77 @@
+//! hostscope: the daemon and its terminal commands, as a library that the
+//! `hostscope` binary (main.rs) runs and the fuzz targets call into. See
+//! ARCHITECTURE.md.
+//!
+//! Errors are typed in the modules below; [`run`] alone turns them into one
+//! line on stderr and an exit code: 2 for bad input, 1 for the rest.
+
+mod btf;
+mod cli;
+mod collector;
+mod hist;
+mod http;
+mod kernel_layout;
+mod metrics;
+mod privileges;
+mod probes;
+mod profile;
+mod profile_cmd;
+mod render;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+/// Parses the command line, runs the command, and returns its exit code.
+pub fn run() -> ExitCode {
+    // clap itself exits with code 2 and a usage line on a bad flag.
+    let cli = Cli::parse();
+    if let Err(err) = init_logging(&cli.log_level) {
+        eprintln!(
+            "hostscope: error: invalid --log-level `{}`: {err}",
+            cli.log_level
+        );
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Hist(args) => hist::run(args),
+        Command::Profile(args) => profile_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hostscope: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// 2 when the user's input was wrong, 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_request = matches!(
+        err.downcast_ref::<profile::ProfileError>(),
+        Some(profile::ProfileError::BadRequest(_))
+    );
+    if bad_request || err.downcast_ref::<serve::BindError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    Ok(())
+}

@@ -17,6 +17,7 @@ mod probes;
 mod profile;
 mod profile_cmd;
 mod render;
+mod sandbox;
 mod serve;
 
 use std::process::ExitCode;
@@ -28,6 +29,14 @@ use crate::cli::{Cli, Command};
 
 /// Parses the command line, runs the command, and returns its exit code.
 pub fn run() -> ExitCode {
+    // The symbolizer sandbox is this binary too, started by the daemon
+    // alone; it reads no flags, environment or configuration.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == sandbox::SUBCOMMAND)
+    {
+        return sandbox::worker::run();
+    }
     // clap itself exits with code 2 and a usage line on a bad flag.
     let cli = Cli::parse();
     if let Err(err) = init_logging(&cli.log_level) {

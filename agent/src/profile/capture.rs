@@ -14,7 +14,7 @@ use hostscope_common::profile::{
 };
 
 use super::{Limits, Profile, ProfileError, Request, symbolize};
-use crate::probes::Probes;
+use crate::{probes::Probes, sandbox::Sandbox};
 
 /// What the kernel counted, before symbolization.
 #[derive(Debug, Default)]
@@ -43,6 +43,8 @@ pub struct Profiler {
     maps: Mutex<Maps>,
     /// Held for a whole capture: never two samplers at once.
     turn: tokio::sync::Mutex<()>,
+    /// Names user frames, out of the daemon's process; shared by captures.
+    sandbox: Arc<Mutex<Sandbox>>,
     /// What requests are checked against.
     pub limits: Limits,
 }
@@ -79,6 +81,7 @@ impl Profiler {
             probes,
             maps: Mutex::new(maps),
             turn: tokio::sync::Mutex::new(()),
+            sandbox: Arc::default(),
             limits,
         })
     }
@@ -88,7 +91,7 @@ impl Profiler {
     pub async fn capture(&self, request: Request) -> Result<Profile, ProfileError> {
         let _turn = self.turn.lock().await;
         self.reset(request.pid.unwrap_or(0))?;
-        let symbolizer = symbolize::Worker::start();
+        let symbolizer = symbolize::Worker::start(self.sandbox.clone());
         {
             let _sampling = Sampling::start(&self.probes, request.frequency)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);

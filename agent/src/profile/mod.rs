@@ -2,12 +2,27 @@
 //! symbolize them and render folded stacks, an SVG flame graph or pprof.
 
 mod capture;
+mod files;
+mod kallsyms;
 mod pprof;
+pub(crate) mod procmaps;
 mod render;
 mod symbolize;
 
 pub use capture::Profiler;
 pub use render::{folded, pprof_gzip, svg};
+
+/// A name that came from another process (its binary's symbols, its perf
+/// map, its `comm`), made safe for every output: control characters, which
+/// would make the SVG invalid XML or split a folded line, become `?`; the
+/// length is capped.
+pub fn printable(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    crate::sandbox::truncate(cleaned)
+}
 
 /// One capture's parameters, already checked against the limits.
 #[derive(Debug, Clone, Copy)]

@@ -1,29 +1,42 @@
-//! Symbolization on a thread of its own: blazesym's `Symbolizer` is not
-//! `Send`, and its work is blocking file I/O that must not stall the
-//! runtime. The thread lives for one capture, so its caches are bounded by
-//! what that capture touched.
+//! Symbolization, on a thread of its own for each capture (the work is
+//! blocking I/O that must not stall the runtime).
+//!
+//! While the capture runs, each newly sampled process's executable
+//! mappings are read and their files opened ([`files`]): a process that
+//! exits before the end still resolves, because its files stay open. After
+//! the capture, every user address becomes (file, offset), each file is
+//! named once for all processes that map it by the sandbox
+//! ([`crate::sandbox`]), and kernel addresses are named from kallsyms.
+//! Whatever has no name becomes `file+0xOFFSET` (the offset into that
+//! file), `[unknown]` outside any file, or `[kernel]`: never a bare
+//! address.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::mpsc,
-    time::Instant,
+    os::fd::{AsFd as _, OwnedFd},
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    time::{Duration, Instant},
 };
 
-use blazesym::{
-    Pid,
-    normalize::{Normalizer, UserMeta},
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        cache::{Cache, Process as CacheProcess},
-        source::{Elf, Kernel, Process, Source},
-    },
+use super::{
+    Profile, ProfileError, Request, Stack,
+    capture::Raw,
+    files,
+    kallsyms::KernelSymbols,
+    printable,
+    procmaps::{self, Mapping},
 };
+use crate::sandbox::{Sandbox, SandboxError};
 
-use super::{Profile, ProfileError, Request, Stack, capture::Raw};
+/// The most files one capture holds open.
+const MAX_OPEN_FILES: usize = 2048;
+/// How long naming one capture's files may take in all; past it, the rest
+/// are named `file+0xOFFSET`.
+const BUDGET: Duration = Duration::from_secs(20);
 
 enum Job {
-    /// Remember a live process's mappings, in case it exits before the end.
+    /// Remember a live process's mappings and open its files, in case it
+    /// exits before the end.
     Cache(u32),
     /// Symbolize a finished capture.
     Symbolize(Raw, Request, tokio::sync::oneshot::Sender<Profile>),
@@ -35,12 +48,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread.
-    pub fn start() -> Self {
+    /// Starts the thread; names come from `sandbox`.
+    pub fn start(sandbox: Arc<Mutex<Sandbox>>) -> Self {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || run(&queue))
+            .spawn(move || run(&queue, &sandbox))
             .map_or_else(
                 |err| tracing::error!("cannot start the symbolization thread: {err}"),
                 drop,
@@ -65,30 +78,95 @@ impl Worker {
     }
 }
 
-fn run(queue: &mpsc::Receiver<Job>) {
-    let symbolizer = Symbolizer::builder()
-        .enable_demangling(true)
-        .enable_code_info(false)
-        .enable_inlined_fns(false)
-        .build();
+fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>) {
+    let mut processes = Processes::default();
     for job in queue {
         match job {
-            Job::Cache(tgid) => {
-                let process = CacheProcess::new(Pid::from(tgid));
-                if let Err(err) = symbolizer.cache(&Cache::from(process)) {
-                    tracing::debug!(tgid, "caching mappings failed: {err}");
-                }
-            }
+            Job::Cache(tgid) => processes.cache(tgid),
             Job::Symbolize(raw, request, reply) => {
-                let _ = reply.send(symbolize(&symbolizer, raw, request));
+                // Processes that first ran after the last tick, if still alive.
+                for tgid in raw.comms.keys() {
+                    processes.cache(*tgid);
+                }
+                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+                sandbox.refresh();
+                let _ = reply.send(symbolize(&mut sandbox, &processes, raw, request));
             }
         }
     }
 }
 
-fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
+/// What a capture learned about the processes it sampled.
+#[derive(Default)]
+struct Processes {
+    by_tgid: HashMap<u32, Process>,
+    /// Open files, each once however many processes map it.
+    files: Vec<OwnedFd>,
+    by_inode: HashMap<(u64, u64), usize>,
+}
+
+struct Process {
+    mappings: Vec<Mapping>,
+    /// The index in `files` of each mapping's file, where it was opened.
+    files: Vec<Option<usize>>,
+    perf_map: Option<OwnedFd>,
+}
+
+impl Processes {
+    fn cache(&mut self, tgid: u32) {
+        if self.by_tgid.contains_key(&tgid) {
+            return;
+        }
+        let mappings = match procmaps::read(tgid) {
+            Ok(mappings) => mappings,
+            Err(err) => {
+                tracing::debug!(tgid, "cannot read its mappings: {err}");
+                return;
+            }
+        };
+        let files = mappings.iter().map(|m| self.open(tgid, m)).collect();
+        let perf_map = files::open_perf_map(tgid).unwrap_or_else(|err| {
+            tracing::debug!(tgid, "perf map not used: {err}");
+            None
+        });
+        self.by_tgid.insert(
+            tgid,
+            Process {
+                mappings,
+                files,
+                perf_map,
+            },
+        );
+    }
+
+    fn open(&mut self, tgid: u32, mapping: &Mapping) -> Option<usize> {
+        if !mapping.is_file() || self.files.len() >= MAX_OPEN_FILES {
+            return None;
+        }
+        let fd = files::open_mapping(tgid, mapping)
+            .map_err(|err| tracing::debug!(tgid, "{}: {err}", mapping.module_name()))
+            .ok()?;
+        let stat = rustix::fs::fstat(&fd).ok()?;
+        let index = *self
+            .by_inode
+            .entry((stat.st_dev, stat.st_ino))
+            .or_insert_with(|| {
+                self.files.push(fd);
+                self.files.len() - 1
+            });
+        Some(index)
+    }
+}
+
+/// Where a user address was, and its name if nothing better is found.
+struct Place {
+    tgid: u32,
+    addr: u64,
+    fallback: String,
+}
+
+fn symbolize(sandbox: &mut Sandbox, processes: &Processes, raw: Raw, request: Request) -> Profile {
     let started = Instant::now();
-    // Every address once: kernel ones together, user ones per process.
     let mut kernel_addrs = Vec::new();
     let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (key, _) in &raw.counts {
@@ -102,53 +180,47 @@ fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
                 .extend(call_sites(ips));
         }
     }
-    let kernel_source = Source::Kernel(Kernel {
-        vmlinux: blazesym::MaybeDefault::None,
-        debug_syms: false,
-        ..Kernel::default()
-    });
-    let kernel_names = names(symbolizer, &kernel_source, kernel_addrs, "_[k]");
-    let user_names = user_names(symbolizer, user_addrs);
+    let kernel = if kernel_addrs.is_empty() {
+        KernelSymbols::default()
+    } else {
+        KernelSymbols::load()
+    };
+    let user_names = user_names(sandbox, processes, user_addrs, started);
 
     // Stacks that differ only in addresses within the same functions read
     // the same once symbolized: merge them.
     let mut merged: HashMap<(u32, Vec<String>), Stack> = HashMap::new();
-    let all = raw.counts.iter().map(|(key, count)| {
+    for (key, count) in &raw.counts {
         let mut frames = Vec::new();
         // Outermost caller first: user frames, then the kernel's.
         if let Some(ips) = stack(&raw, key.user_stack) {
-            let names = user_names.get(&key.tgid);
-            frames.extend(call_sites(ips).rev().map(|a| {
-                names
-                    .and_then(|n| n.get(&a))
+            frames.extend(call_sites(ips).rev().map(|addr| {
+                user_names
+                    .get(&(key.tgid, addr))
                     .cloned()
-                    .unwrap_or_else(|| unknown(a))
+                    .unwrap_or_else(|| "[unknown]".to_owned())
             }));
         }
         if let Some(ips) = stack(&raw, key.kernel_stack) {
-            frames.extend(call_sites(ips).rev().map(|a| {
-                kernel_names
-                    .get(&a)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{}_[k]", unknown(a)))
-            }));
+            frames.extend(
+                call_sites(ips)
+                    .rev()
+                    .map(|addr| format!("{}_[k]", kernel.name(addr).unwrap_or("[kernel]"))),
+            );
         }
-        Stack {
-            comm: raw
-                .comms
-                .get(&key.tgid)
-                .cloned()
-                .unwrap_or_else(|| format!("pid {}", key.tgid)),
-            pid: key.tgid,
-            frames,
-            count: *count,
-        }
-    });
-    for stack in all {
+        let comm = raw
+            .comms
+            .get(&key.tgid)
+            .map_or_else(|| format!("pid {}", key.tgid), |comm| printable(comm));
         merged
-            .entry((stack.pid, stack.frames.clone()))
-            .and_modify(|s| s.count += stack.count)
-            .or_insert(stack);
+            .entry((key.tgid, frames.clone()))
+            .and_modify(|s| s.count += count)
+            .or_insert(Stack {
+                comm,
+                pid: key.tgid,
+                frames,
+                count: *count,
+            });
     }
     Profile {
         stacks: merged.into_values().collect(),
@@ -158,80 +230,121 @@ fn symbolize(symbolizer: &Symbolizer, raw: Raw, request: Request) -> Profile {
     }
 }
 
-/// A mapped file: its path and build ID.
-type FileId = (PathBuf, Option<Vec<u8>>);
-/// An address of a process, and its offset in a mapped file: (pid, address, offset).
-type FileAddr = (u32, u64, u64);
-
-/// Names for every process's user addresses. Addresses are first mapped to
-/// (file, offset) per process, and each file is then symbolized once for
-/// all processes that map it: a host running three hundred copies of one
-/// program parses its ELF once, not three hundred times. Files are opened
-/// through /proc/PID/root, so a container's binaries are its own. What does
-/// not map to a file (JIT code, processes that already exited) goes through
-/// per-process symbolization, which has perf maps and cached mappings.
+/// Names for every process's user addresses. Each mapped file is named once
+/// for all the processes and addresses that hit it: a host running three
+/// hundred copies of one program has its ELF read once, not three hundred
+/// times.
 fn user_names(
-    symbolizer: &Symbolizer,
+    sandbox: &mut Sandbox,
+    processes: &Processes,
     user_addrs: BTreeMap<u32, Vec<u64>>,
-) -> HashMap<u32, HashMap<u64, String>> {
-    let normalizer = Normalizer::builder().enable_build_ids(true).build();
-    let mut by_file: HashMap<FileId, (u32, Vec<FileAddr>)> = HashMap::new();
-    let mut per_process: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    started: Instant,
+) -> HashMap<(u32, u64), String> {
+    let mut names = HashMap::new();
+    let mut by_file: HashMap<usize, Vec<(u64, Place)>> = HashMap::new();
+    let mut by_perf_map: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (tgid, mut addrs) in user_addrs {
         addrs.sort_unstable();
         addrs.dedup();
-        let Ok(normalized) = normalizer.normalize_user_addrs(Pid::from(tgid), &addrs) else {
-            per_process.insert(tgid, addrs);
+        let Some(process) = processes.by_tgid.get(&tgid) else {
             continue;
         };
-        for (addr, (offset, meta)) in addrs.iter().zip(normalized.outputs) {
-            match normalized.meta.get(meta) {
-                Some(UserMeta::Elf(elf)) => {
-                    let key = (elf.path.clone(), elf.build_id.as_ref().map(|b| b.to_vec()));
-                    let (_, entries) = by_file.entry(key).or_insert((tgid, Vec::new()));
-                    entries.push((tgid, *addr, offset));
+        for addr in addrs {
+            let found = procmaps::find(&process.mappings, addr)
+                .and_then(|i| Some((i, process.mappings.get(i)?)));
+            match found {
+                Some((i, mapping)) if mapping.is_file() => {
+                    let offset = addr - mapping.start + mapping.offset;
+                    let fallback = printable(&format!("{}+{offset:#x}", mapping.module_name()));
+                    let place = Place {
+                        tgid,
+                        addr,
+                        fallback,
+                    };
+                    match process.files.get(i).copied().flatten() {
+                        Some(file) => by_file.entry(file).or_default().push((offset, place)),
+                        None => {
+                            names.insert((tgid, addr), place.fallback);
+                        }
+                    }
                 }
-                _ => per_process.entry(tgid).or_default().push(*addr),
+                Some((_, mapping)) if mapping.path.is_some() && process.perf_map.is_none() => {
+                    // [vdso], [vsyscall]: named by what they are.
+                    names.insert((tgid, addr), printable(&mapping.module_name()));
+                }
+                _ if process.perf_map.is_some() => by_perf_map.entry(tgid).or_default().push(addr),
+                _ => {}
             }
         }
     }
 
-    let mut names: HashMap<u32, HashMap<u64, String>> = HashMap::new();
-    for ((path, _), (opener, entries)) in by_file {
-        let relative = path.strip_prefix("/").unwrap_or(&path);
-        let file = PathBuf::from(format!("/proc/{opener}/root")).join(relative);
-        let offsets: Vec<u64> = entries.iter().map(|(_, _, offset)| *offset).collect();
-        let source = Source::Elf(Elf::new(file));
-        match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
-            Ok(results) => {
-                for ((tgid, addr, _), result) in entries.into_iter().zip(results) {
-                    match result {
-                        Symbolized::Sym(sym) => {
-                            names
-                                .entry(tgid)
-                                .or_default()
-                                .insert(addr, sym.name.into_owned());
-                        }
-                        Symbolized::Unknown(_) => per_process.entry(tgid).or_default().push(addr),
-                    }
-                }
+    let mut failures = 0usize;
+    let mut over_budget = false;
+    for (file, places) in by_file {
+        let offsets: Vec<u64> = places.iter().map(|(offset, _)| *offset).collect();
+        let answer = match processes.files.get(file) {
+            Some(_) if started.elapsed() > BUDGET => {
+                over_budget = true;
+                None
             }
-            Err(err) => {
-                tracing::debug!("symbolizing {}: {err}", path.display());
-                for (tgid, addr, _) in entries {
-                    per_process.entry(tgid).or_default().push(addr);
+            Some(fd) => ask(&mut failures, sandbox.elf_names(fd.as_fd(), &offsets)),
+            None => None,
+        };
+        for (i, (_, place)) in places.into_iter().enumerate() {
+            let name = answer
+                .as_ref()
+                .and_then(|names| names.get(i).cloned().flatten())
+                .map_or(place.fallback, |name| printable(&name));
+            names.insert((place.tgid, place.addr), name);
+        }
+    }
+    for (tgid, addrs) in by_perf_map {
+        let Some(fd) = processes
+            .by_tgid
+            .get(&tgid)
+            .and_then(|p| p.perf_map.as_ref())
+        else {
+            continue;
+        };
+        if let Some(found) = ask(&mut failures, sandbox.perf_map_names(fd.as_fd(), &addrs)) {
+            for (addr, name) in addrs.into_iter().zip(found) {
+                if let Some(name) = name {
+                    names.insert((tgid, addr), printable(&name));
                 }
             }
         }
     }
-    for (tgid, addrs) in per_process {
-        let source = Source::Process(Process::new(Pid::from(tgid)));
-        names
-            .entry(tgid)
-            .or_default()
-            .extend(self::names(symbolizer, &source, addrs, ""));
+    if failures > 0 {
+        tracing::warn!(
+            "{failures} files could not be named in the symbolizer sandbox; their frames read file+0xOFFSET"
+        );
+    }
+    if over_budget {
+        tracing::warn!(
+            "symbolization took over {} s; the remaining frames read file+0xOFFSET",
+            BUDGET.as_secs()
+        );
     }
     names
+}
+
+/// The names, or `None` after logging why there are none.
+fn ask(
+    failures: &mut usize,
+    answer: Result<Vec<Option<String>>, SandboxError>,
+) -> Option<Vec<Option<String>>> {
+    match answer {
+        Ok(names) => Some(names),
+        Err(SandboxError::File(why)) => {
+            tracing::debug!("a sampled file could not be read: {why}");
+            None
+        }
+        Err(err) => {
+            *failures += 1;
+            tracing::warn!("{err}");
+            None
+        }
+    }
 }
 
 fn stack(raw: &Raw, id: i32) -> Option<&Vec<u64>> {
@@ -246,38 +359,4 @@ fn call_sites(ips: &[u64]) -> impl DoubleEndedIterator<Item = u64> + '_ {
     ips.iter()
         .enumerate()
         .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
-}
-
-fn unknown(addr: u64) -> String {
-    format!("[unknown {addr:#x}]")
-}
-
-/// Names for `addrs` from `source`: the symbol, or the module and offset
-/// when only that is known.
-fn names(
-    symbolizer: &Symbolizer,
-    source: &Source,
-    mut addrs: Vec<u64>,
-    suffix: &str,
-) -> HashMap<u64, String> {
-    addrs.sort_unstable();
-    addrs.dedup();
-    let results = match symbolizer.symbolize(source, Input::AbsAddr(&addrs)) {
-        Ok(results) => results,
-        Err(err) => {
-            tracing::warn!("symbolizing {} addresses failed: {err}", addrs.len());
-            return HashMap::new();
-        }
-    };
-    addrs
-        .iter()
-        .zip(results)
-        .filter_map(|(addr, result)| match result {
-            Symbolized::Sym(sym) => Some((*addr, format!("{}{suffix}", sym.name))),
-            Symbolized::Unknown(reason) => {
-                tracing::debug!("{addr:#x}: {reason}");
-                None
-            }
-        })
-        .collect()
 }

@@ -1,0 +1,267 @@
+//! Symbolization of other processes' files, in a process of its own.
+//!
+//! Every binary, library and perf map on the host may be hostile: a
+//! compressed section that claims a terabyte, a zlib bomb, a truncated
+//! table. The daemon never parses them. It opens each file itself (see
+//! `profile::files`: regular files only, never by a path the process can
+//! swap) and hands the descriptor to a sandbox: `/proc/self/exe
+//! __symbolize-sandbox`, started with no capabilities and
+//! `no_new_privs`, limited to [`MEMORY_LIMIT`] of address space and
+//! [`CPU_SECONDS`] of CPU, which then installs a seccomp filter that allows
+//! reading what it was given and answering on its socket, nothing else.
+//!
+//! If the sandbox crashes, hits a limit or does not answer within
+//! [`REPLY_TIMEOUT`], the file it was reading gets no names (its frames
+//! read `file+0xOFFSET`), the sandbox is killed and a new one is started
+//! for the next file.
+
+mod elf;
+mod perfmap;
+mod protocol;
+mod seccomp;
+pub mod worker;
+
+use std::{
+    io,
+    os::{
+        fd::{AsFd as _, BorrowedFd, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rustix::{
+    net::{AddressFamily, SocketFlags, SocketType},
+    process::{Resource, Rlimit},
+    thread::{CapabilitySet, CapabilitySets},
+};
+
+pub use elf::truncate;
+use protocol::{MAX_ADDRS, Reply, Request};
+
+/// The hidden subcommand that runs the sandbox.
+pub const SUBCOMMAND: &str = "__symbolize-sandbox";
+/// The sandbox's address-space limit.
+pub const MEMORY_LIMIT: u64 = 256 << 20;
+/// The sandbox's CPU-time limit over its life; it is replaced before a
+/// capture once it has used half of it.
+pub const CPU_SECONDS: u64 = 60;
+/// How long one answer may take.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sandbox did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The sandbox process could not be started.
+    #[error("cannot start the symbolizer sandbox: {0}")]
+    Spawn(io::Error),
+    /// It died, hit a limit, timed out or sent something malformed.
+    #[error("the symbolizer sandbox failed ({0}) and was restarted")]
+    Failed(String),
+    /// It could not read this one file.
+    #[error("{0}")]
+    File(String),
+}
+
+/// The daemon's handle on the sandbox, started on first use.
+#[derive(Debug, Default)]
+pub struct Sandbox {
+    worker: Option<Worker>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    child: Child,
+    socket: OwnedFd,
+}
+
+impl Sandbox {
+    /// Replaces a sandbox that has used half its CPU-time limit, so that
+    /// the limit never strikes in the middle of a capture.
+    pub fn refresh(&mut self) {
+        if self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.cpu_seconds() > CPU_SECONDS / 2)
+        {
+            self.worker = None;
+        }
+    }
+
+    /// Names for offsets into the ELF file `file`.
+    pub fn elf_names(
+        &mut self,
+        file: BorrowedFd<'_>,
+        offsets: &[u64],
+    ) -> Result<Vec<Option<String>>, SandboxError> {
+        self.ask_in_chunks(file, offsets, |offsets| Request::Elf { offsets })
+    }
+
+    /// Names for addresses from the perf map `file`.
+    pub fn perf_map_names(
+        &mut self,
+        file: BorrowedFd<'_>,
+        addrs: &[u64],
+    ) -> Result<Vec<Option<String>>, SandboxError> {
+        self.ask_in_chunks(file, addrs, |addrs| Request::PerfMap { addrs })
+    }
+
+    fn ask_in_chunks(
+        &mut self,
+        file: BorrowedFd<'_>,
+        addrs: &[u64],
+        request: impl Fn(Vec<u64>) -> Request,
+    ) -> Result<Vec<Option<String>>, SandboxError> {
+        let mut names = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(MAX_ADDRS) {
+            names.extend(self.ask(file, request(chunk.to_vec()), chunk.len())?);
+        }
+        Ok(names)
+    }
+
+    fn ask(
+        &mut self,
+        file: BorrowedFd<'_>,
+        request: Request,
+        expected: usize,
+    ) -> Result<Vec<Option<String>>, SandboxError> {
+        let worker = match &mut self.worker {
+            Some(worker) => worker,
+            None => self
+                .worker
+                .insert(Worker::spawn().map_err(SandboxError::Spawn)?),
+        };
+        let failed = |what: String| SandboxError::Failed(what);
+        let answer = protocol::send(worker.socket.as_fd(), &request, Some(file))
+            .and_then(|()| protocol::recv::<Reply>(worker.socket.as_fd()));
+        let result = match answer {
+            Ok(Some((Reply::Names(names), _))) if names.len() == expected => Ok(names),
+            Ok(Some((Reply::Names(names), _))) => Err(failed(format!(
+                "{} names for {expected} addresses",
+                names.len()
+            ))),
+            Ok(Some((Reply::Failed(why), _))) => return Err(SandboxError::File(why)),
+            Ok(None) => Err(failed(worker.exit_reason())),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(failed(format!(
+                "no answer within {} s",
+                REPLY_TIMEOUT.as_secs()
+            ))),
+            Err(err) => Err(failed(format!("{err}; {}", worker.exit_reason()))),
+        };
+        if result.is_err() {
+            // Dropping the worker kills it; the next request starts anew.
+            self.worker = None;
+        }
+        result
+    }
+}
+
+impl Worker {
+    fn spawn() -> io::Result<Self> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(REPLY_TIMEOUT),
+        )?;
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Send,
+            Some(REPLY_TIMEOUT),
+        )?;
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .arg(SUBCOMMAND)
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // SAFETY: `confine` makes only async-signal-safe raw system calls.
+        unsafe { command.pre_exec(confine) };
+        let child = command.spawn()?;
+        Ok(Self {
+            child,
+            socket: ours,
+        })
+    }
+
+    /// CPU seconds the sandbox has used (utime + stime in /proc/PID/stat).
+    fn cpu_seconds(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may
+        // contain anything.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum();
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        ticks / hz
+    }
+
+    /// How the sandbox ended, if it has.
+    fn exit_reason(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(20));
+        match self.child.try_wait() {
+            Ok(Some(status)) => format!("it exited: {status}"),
+            _ => "it closed its socket".into(),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `close_range` flag: mark close-on-exec instead of closing now.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Runs in the forked child before exec: the sandbox starts with no
+/// capabilities and cannot gain any (`no_new_privs` also stops exec from
+/// giving root its capabilities back), and has its limits. (It needs no
+/// parent-death signal, which would fire when the *thread* that started it
+/// ends: when the daemon goes, its socket closes and the sandbox exits;
+/// one stuck in a loop meets its CPU limit.) Only raw system calls: the fork of a threaded process may not
+/// allocate.
+fn confine() -> io::Result<()> {
+    rustix::thread::set_no_new_privs(true)?;
+    let none = CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
+    let limit = |resource, value| {
+        rustix::process::setrlimit(
+            resource,
+            Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            },
+        )
+    };
+    limit(Resource::As, MEMORY_LIMIT)?;
+    limit(Resource::Cpu, CPU_SECONDS)?;
+    limit(Resource::Core, 0)?;
+    limit(Resource::Nofile, 64)?;
+    // Only the socket (standard input), /dev/null and stderr cross exec,
+    // even if some descriptor of the daemon's lacked O_CLOEXEC.
+    // SAFETY: a raw system call that only sets flags on descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The sandbox process itself (`hostscope __symbolize-sandbox`, started
+//! only by the daemon): it answers [`Request`]s about the files the daemon
+//! passes it, with no capabilities, under the system-call filter of
+//! [`super::seccomp`] and the limits the daemon set before exec.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{fd::BorrowedFd, unix::fs::MetadataExt as _},
+    process::ExitCode,
+    rc::Rc,
+};
+
+use caps::CapSet;
+
+use super::{
+    elf::SymbolTable,
+    perfmap::PerfMap,
+    protocol::{self, MAX_ADDRS, Reply, Request},
+    seccomp,
+};
+
+/// Parsed symbol tables kept between requests, up to this many symbols in
+/// all: a host runs the same few binaries in many processes.
+const CACHE_SYMBOLS: usize = 4_000_000;
+
+/// A file as it is now: the same inode rewritten is another file.
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Runs the sandbox on the socket at standard input until the daemon
+/// closes it.
+pub fn run() -> ExitCode {
+    match caps::read(None, CapSet::Permitted) {
+        Ok(permitted) if permitted.is_empty() => {}
+        _ => {
+            eprintln!(
+                "hostscope: error: the symbolizer sandbox refuses to run with capabilities; \
+                 only the daemon starts it"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(err) = seccomp::install() {
+        eprintln!(
+            "hostscope: error: the symbolizer sandbox cannot install its seccomp filter: {err}"
+        );
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: standard input is the daemon's socket, open for the whole run.
+    let socket = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut cache = Cache::default();
+    loop {
+        let (request, fd) = match protocol::recv::<Request>(socket) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("hostscope: symbolizer sandbox: bad request: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let reply = match fd {
+            None => Reply::Failed("no file was passed with the request".into()),
+            Some(fd) => answer(&mut cache, request, File::from(fd)),
+        };
+        if protocol::send(socket, &reply, None).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+}
+
+fn answer(cache: &mut Cache, request: Request, file: File) -> Reply {
+    match request {
+        Request::Elf { offsets } if offsets.len() <= MAX_ADDRS => match cache.table(file) {
+            Ok(table) => Reply::Names(offsets.iter().map(|o| table.name_at_offset(*o)).collect()),
+            Err(err) => Reply::Failed(err),
+        },
+        Request::PerfMap { addrs } if addrs.len() <= MAX_ADDRS => match PerfMap::read(file) {
+            Ok(map) => Reply::Names(
+                addrs
+                    .iter()
+                    .map(|a| map.name(*a).map(str::to_owned))
+                    .collect(),
+            ),
+            Err(err) => Reply::Failed(err.to_string()),
+        },
+        _ => Reply::Failed("too many addresses in one request".into()),
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    tables: HashMap<FileKey, Rc<SymbolTable>>,
+    symbols: usize,
+}
+
+impl Cache {
+    fn table(&mut self, file: File) -> Result<Rc<SymbolTable>, String> {
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
+        if let Some(table) = self.tables.get(&key) {
+            return Ok(table.clone());
+        }
+        let table = Rc::new(SymbolTable::read(file).map_err(|e| e.to_string())?);
+        if self.symbols + table.len() > CACHE_SYMBOLS {
+            self.tables.clear();
+            self.symbols = 0;
+        }
+        self.symbols += table.len();
+        self.tables.insert(key, table.clone());
+        Ok(table)
+    }
+}

@@ -44,11 +44,25 @@ impl Daemon {
 
     /// Starts the daemon and waits only until /healthz answers.
     pub fn spawn(collectors: &str, extra: &[&str]) -> Daemon {
+        Self::spawn_wrapped(&[], collectors, extra)
+    }
+
+    /// Like [`Daemon::spawn`], with the daemon started by a wrapper command
+    /// (such as `setpriv` with some capabilities taken away) that execs it.
+    pub fn spawn_wrapped(wrapper: &[&str], collectors: &str, extra: &[&str]) -> Daemon {
         require_root();
         let addr = free_local_addr();
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
         let log_file = File::create(&log).expect("create the daemon's log file");
-        let child = Command::new(hostscope_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(hostscope_bin());
+                command
+            }
+            None => Command::new(hostscope_bin()),
+        };
+        let child = command
             .args([
                 "serve",
                 "--listen",
@@ -121,6 +135,11 @@ impl Daemon {
         Exposition::parse(&body)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// What the daemon has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -162,4 +181,15 @@ impl Drop for Daemon {
 pub fn free_local_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address")
+}
+
+/// A field of /proc/PID/status (`CapEff`, `VmHWM`, ...), or of a thread's
+/// with `PID/task/TID`; empty if there is none.
+pub fn proc_status(pid: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_default()
 }

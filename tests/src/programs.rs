@@ -2,7 +2,7 @@
 //! drop: workloads whose stacks are known in advance.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
 };
 
@@ -21,26 +21,70 @@ impl Running {
     /// even with `-mno-omit-leaf-frame-pointer`, which hides the leaf's
     /// caller from a frame-pointer unwinder.
     pub fn build_and_start(name: &str, source: &str) -> Running {
-        let dir = std::env::temp_dir().join(format!("hostscope-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a build directory");
-        let c = dir.join(format!("{name}.c"));
-        let exe: PathBuf = dir.join(name);
-        std::fs::write(&c, source).expect("write the C source");
-        let status = Command::new("cc")
-            .args(["-O0", "-g", "-fno-omit-frame-pointer"])
-            .arg(&c)
-            .arg("-o")
-            .arg(&exe)
-            .status()
-            .expect("cc runs");
-        assert!(status.success(), "compiling {name}.c failed");
-        let child = Command::new(&exe).spawn().expect("start the test program");
+        let exe = build(name, source, &["-O0", "-g", "-fno-omit-frame-pointer"]);
+        Running::start(Command::new(&exe), name)
+    }
+
+    /// Starts `command`, a program whose process name is `name`.
+    pub fn start(mut command: Command, name: &str) -> Running {
+        let child = command.spawn().expect("start the test program");
         Running {
             pid: child.id(),
             child,
             name: name.to_owned(),
         }
     }
+
+    /// Starts `exe` with `args` as the unprivileged user nobody, with no
+    /// capabilities and no supplementary groups: a hostile local user.
+    pub fn start_as_nobody(exe: &Path, args: &[&str]) -> Running {
+        let mut command = Command::new("setpriv");
+        command.args(NOBODY).arg("--").arg(exe).args(args);
+        let name = exe
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        Running::start(command, &name)
+    }
+
+    /// Whether the program is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// `setpriv` arguments that run a command as nobody (uid and gid 65534),
+/// without supplementary groups or capabilities.
+pub const NOBODY: [&str; 5] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+];
+
+/// A directory for this test process's programs, readable by everyone.
+pub fn build_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hostscope-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a build directory");
+    dir
+}
+
+/// Compiles `source` with `cc` and `flags` into an executable (or, with
+/// `-shared`, a library) named `name` in [`build_dir`], and returns its path.
+pub fn build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = build_dir();
+    let c = dir.join(format!("{name}.c"));
+    let out: PathBuf = dir.join(name);
+    std::fs::write(&c, source).expect("write the C source");
+    let status = Command::new("cc")
+        .args(flags)
+        .arg(&c)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling {name}.c failed");
+    out
 }
 
 impl Drop for Running {

@@ -126,6 +126,14 @@ impl Sandbox {
         request: Request,
         expected: usize,
     ) -> Result<Vec<Option<String>>, SandboxError> {
+        // One that died while idle (killed by the OOM killer, say) is
+        // replaced before it costs a file its names.
+        if let Some(worker) = &mut self.worker
+            && let Ok(Some(status)) = worker.child.try_wait()
+        {
+            tracing::warn!("the symbolizer sandbox exited while idle ({status}); starting another");
+            self.worker = None;
+        }
         let worker = match &mut self.worker {
             Some(worker) => worker,
             None => self

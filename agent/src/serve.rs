@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use crate::{
     cli::ServeArgs,
     collector::Collectors,
-    http,
+    fd_limit, http,
     metrics::Metrics,
     privileges,
     probes::Probes,
@@ -37,6 +37,7 @@ pub struct BindError {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
+    raise_fd_limit();
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
 
@@ -79,6 +80,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, so that connections
+/// and the symbolizer's files do not run out at an inherited 1,024.
+fn raise_fd_limit() {
+    match fd_limit::raise_to_hard() {
+        Ok(raised) if raised.now > raised.before => tracing::info!(
+            "open-file limit raised from {} to {}",
+            raised.before,
+            raised.now
+        ),
+        Ok(raised) => tracing::debug!("open-file limit is {}", raised.now),
+        Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
+    }
 }
 
 /// Binds the listening socket (non-blocking, for the runtime to adopt).

@@ -7,6 +7,10 @@
 
 use std::io;
 
+/// Descriptors kept free for everything but connections: the symbolizer's
+/// files during a profile, /proc reads, a connection being evicted.
+const RESERVE: u64 = 256;
+
 /// The soft limit on open files before and after [`raise_to_hard`].
 #[derive(Debug, Clone, Copy)]
 pub struct Raised {
@@ -33,6 +37,11 @@ pub fn raise_to_hard() -> io::Result<Raised> {
     })
 }
 
+/// The soft limit now.
+pub fn soft() -> io::Result<u64> {
+    get().map(|limit| limit.rlim_cur)
+}
+
 fn get() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -45,9 +54,32 @@ fn get() -> io::Result<libc::rlimit> {
     Ok(limit)
 }
 
+/// How many connections fit under `soft_limit` when `open` descriptors are
+/// already in use: `wanted`, or less if the limit would not leave
+/// [`RESERVE`] free (at least 1: a daemon that serves nothing is no use).
+pub fn connections_that_fit(wanted: usize, soft_limit: u64, open: u64) -> usize {
+    let room = soft_limit
+        .saturating_sub(open.saturating_add(RESERVE))
+        .max(1);
+    usize::try_from(room).map_or(wanted, |room| wanted.min(room))
+}
+
+/// Descriptors this process has open now.
+pub fn open_now() -> io::Result<u64> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_fit_under_the_limit_with_a_reserve() {
+        assert_eq!(connections_that_fit(512, 1024, 100), 512);
+        assert_eq!(connections_that_fit(512, 1024, 300), 468);
+        assert_eq!(connections_that_fit(512, 200, 100), 1);
+        assert_eq!(connections_that_fit(512, u64::MAX, 100), 512);
+    }
 
     #[test]
     fn raising_keeps_the_hard_limit() {

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::ServeArgs,
@@ -56,6 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::error!("CPU profiling unavailable: {err}");
             Arc::from(err.to_string())
         });
+    let max_connections = fit_connections(args.web_max_connections);
     let kept = privileges::drop_to_runtime_set()?;
     tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));
 
@@ -68,15 +70,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new(collectors)),
         profiler,
     };
-    tracing::info!(listen = %args.listen, "serving /metrics");
+    tracing::info!(listen = %args.listen, max_connections, "serving /metrics");
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
-            http::serve(listener, state, shutdown_signal()).await
+            let shutdown = CancellationToken::new();
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown_signal().await;
+                    shutdown.cancel();
+                }
+            });
+            http::serve(listener, state, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 
-    drop(runtime);
+    // Nothing should be left running; a stuck task must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
@@ -94,6 +105,21 @@ fn raise_fd_limit() {
         Ok(raised) => tracing::debug!("open-file limit is {}", raised.now),
         Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
     }
+}
+
+/// `wanted` connections, or fewer if the open-file limit would run out.
+fn fit_connections(wanted: usize) -> usize {
+    let (Ok(limit), Ok(open)) = (fd_limit::soft(), fd_limit::open_now()) else {
+        return wanted;
+    };
+    let fit = fd_limit::connections_that_fit(wanted, limit, open);
+    if fit < wanted {
+        tracing::warn!(
+            "--web.max-connections {wanted} would exhaust the open-file limit of {limit} \
+             ({open} files open); allowing {fit}. Raise the limit (LimitNOFILE=) to allow more"
+        );
+    }
+    fit
 }
 
 /// Binds the listening socket (non-blocking, for the runtime to adopt).

@@ -15,8 +15,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9661";
 /// systems allow, leaving room for the probes' maps and the symbolizer.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
-/// An upper bound that only catches typos: no daemon needs more.
+/// Upper bounds that only catch typos: no daemon needs more.
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+const MAX_QUEUE_LIMIT: usize = 1_000;
 
 #[derive(Debug, Parser)]
 #[command(name = "hostscope", version, about, long_about = None)]
@@ -66,6 +67,12 @@ pub struct ServeArgs {
     /// Highest sampling frequency a profile request may ask for, in Hz.
     #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_FREQUENCY", default_value_t = 1000)]
     pub profile_max_frequency: u64,
+
+    /// Profile requests that may wait behind the running capture; more get
+    /// HTTP 429 with Retry-After.
+    #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_QUEUE", default_value_t = 4,
+          value_name = "N", value_parser = parse_max_queue)]
+    pub profile_max_queue: usize,
 
     /// Most HTTP connections open at once. At the limit, the connection idle
     /// the longest is closed to make room for a new one.
@@ -185,6 +192,10 @@ fn parse_count(text: &str, min: usize, max: usize, what: &str) -> Result<usize, 
 
 fn parse_max_connections(text: &str) -> Result<usize, String> {
     parse_count(text, 1, MAX_CONNECTIONS_LIMIT, "connections")
+}
+
+fn parse_max_queue(text: &str) -> Result<usize, String> {
+    parse_count(text, 0, MAX_QUEUE_LIMIT, "waiting requests")
 }
 
 impl SystemArgs {

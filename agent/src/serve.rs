@@ -52,7 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Loaded now, attached only while a profile is taken.
     let profiler = Profiler::new(probes.clone(), limits)
-        .map(Arc::new)
+        .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
         .map_err(|err| {
             tracing::error!("CPU profiling unavailable: {err}");
             Arc::from(err.to_string())
@@ -68,7 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let state = http::AppState {
         metrics: Arc::new(Metrics::new(collectors)),
-        profiler,
+        profiler: profiler.clone(),
     };
     tracing::info!(listen = %args.listen, max_connections, "serving /metrics");
     runtime
@@ -79,6 +79,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let shutdown = shutdown.clone();
                 async move {
                     shutdown_signal().await;
+                    // Profiles end now (their clients get 503); scrapes in
+                    // flight may finish.
+                    if let Ok(profiler) = &profiler {
+                        profiler.shut_down();
+                    }
                     shutdown.cancel();
                 }
             });

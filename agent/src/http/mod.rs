@@ -160,6 +160,15 @@ async fn respond(
         Err(ProfileError::BadRequest(reason)) => {
             (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
         }
+        Err(err @ ProfileError::Busy { retry_after, .. }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            format!("{err}\n"),
+        )
+            .into_response(),
+        Err(err @ ProfileError::ShuttingDown) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response()
+        }
         Err(err) => {
             tracing::error!("{err}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response()

@@ -10,6 +10,15 @@ use crate::collector::CollectorKind;
 /// 9661 is free in Prometheus' list of default exporter ports.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9661";
 
+/// Default `--web.max-connections`: Prometheus' own default. Far more than
+/// scrapers and people need, and half of the 1,024 open files that many
+/// systems allow, leaving room for the probes' maps and the symbolizer.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Upper bounds that only catch typos: no daemon needs more.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+const MAX_QUEUE_LIMIT: usize = 1_000;
+
 #[derive(Debug, Parser)]
 #[command(name = "hostscope", version, about, long_about = None)]
 pub struct Cli {
@@ -58,6 +67,19 @@ pub struct ServeArgs {
     /// Highest sampling frequency a profile request may ask for, in Hz.
     #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_FREQUENCY", default_value_t = 1000)]
     pub profile_max_frequency: u64,
+
+    /// Profile requests that may wait behind the running capture; more get
+    /// HTTP 429 with Retry-After.
+    #[arg(long, env = "HOSTSCOPE_PROFILE_MAX_QUEUE", default_value_t = 4,
+          value_name = "N", value_parser = parse_max_queue)]
+    pub profile_max_queue: usize,
+
+    /// Most HTTP connections open at once. At the limit, the connection idle
+    /// the longest is closed to make room for a new one.
+    #[arg(long = "web.max-connections", env = "HOSTSCOPE_WEB_MAX_CONNECTIONS",
+          default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = parse_max_connections)]
+    pub web_max_connections: usize,
 
     #[command(flatten)]
     pub system: SystemArgs,
@@ -156,6 +178,24 @@ fn parse_positive_seconds(text: &str) -> Result<f64, String> {
     } else {
         Err(format!("`{text}` must be a positive number of seconds"))
     }
+}
+
+/// A whole number in `min..=max`, or a one-line reason.
+fn parse_count(text: &str, min: usize, max: usize, what: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of {what} from {min} to {max}"
+        )),
+    }
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    parse_count(text, 1, MAX_CONNECTIONS_LIMIT, "connections")
+}
+
+fn parse_max_queue(text: &str) -> Result<usize, String> {
+    parse_count(text, 0, MAX_QUEUE_LIMIT, "waiting requests")
 }
 
 impl SystemArgs {

@@ -8,6 +8,7 @@
 mod btf;
 mod cli;
 mod collector;
+mod fd_limit;
 mod hist;
 mod http;
 mod kernel_layout;

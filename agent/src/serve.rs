@@ -9,11 +9,12 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::ServeArgs,
     collector::Collectors,
-    http,
+    fd_limit, http,
     metrics::Metrics,
     privileges,
     probes::Probes,
@@ -37,6 +38,7 @@ pub struct BindError {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
+    raise_fd_limit();
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
 
@@ -50,11 +52,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Loaded now, attached only while a profile is taken.
     let profiler = Profiler::new(probes.clone(), limits)
-        .map(Arc::new)
+        .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
         .map_err(|err| {
             tracing::error!("CPU profiling unavailable: {err}");
             Arc::from(err.to_string())
         });
+    let max_connections = fit_connections(args.web_max_connections);
     let kept = privileges::drop_to_runtime_set()?;
     tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));
 
@@ -65,20 +68,63 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let state = http::AppState {
         metrics: Arc::new(Metrics::new(collectors)),
-        profiler,
+        profiler: profiler.clone(),
     };
-    tracing::info!(listen = %args.listen, "serving /metrics");
+    tracing::info!(listen = %args.listen, max_connections, "serving /metrics");
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
-            http::serve(listener, state, shutdown_signal()).await
+            let shutdown = CancellationToken::new();
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown_signal().await;
+                    // Profiles end now (their clients get 503); scrapes in
+                    // flight may finish.
+                    if let Ok(profiler) = &profiler {
+                        profiler.shut_down();
+                    }
+                    shutdown.cancel();
+                }
+            });
+            http::serve(listener, state, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 
-    drop(runtime);
+    // Nothing should be left running; a stuck task must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, so that connections
+/// and the symbolizer's files do not run out at an inherited 1,024.
+fn raise_fd_limit() {
+    match fd_limit::raise_to_hard() {
+        Ok(raised) if raised.now > raised.before => tracing::info!(
+            "open-file limit raised from {} to {}",
+            raised.before,
+            raised.now
+        ),
+        Ok(raised) => tracing::debug!("open-file limit is {}", raised.now),
+        Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
+    }
+}
+
+/// `wanted` connections, or fewer if the open-file limit would run out.
+fn fit_connections(wanted: usize) -> usize {
+    let (Ok(limit), Ok(open)) = (fd_limit::soft(), fd_limit::open_now()) else {
+        return wanted;
+    };
+    let fit = fd_limit::connections_that_fit(wanted, limit, open);
+    if fit < wanted {
+        tracing::warn!(
+            "--web.max-connections {wanted} would exhaust the open-file limit of {limit} \
+             ({open} files open); allowing {fit}. Raise the limit (LimitNOFILE=) to allow more"
+        );
+    }
+    fit
 }
 
 /// Binds the listening socket (non-blocking, for the runtime to adopt).

@@ -44,25 +44,22 @@ impl Daemon {
 
     /// Starts the daemon and waits only until /healthz answers.
     pub fn spawn(collectors: &str, extra: &[&str]) -> Daemon {
-        Self::spawn_wrapped(&[], collectors, extra)
+        Self::spawn_configured(collectors, extra, |_| {})
     }
 
-    /// Like [`Daemon::spawn`], with the daemon started by a wrapper command
-    /// (such as `setpriv` with some capabilities taken away) that execs it.
-    pub fn spawn_wrapped(wrapper: &[&str], collectors: &str, extra: &[&str]) -> Daemon {
+    /// Like [`Daemon::spawn`], letting `configure` change the command first
+    /// (environment, resource limits).
+    pub fn spawn_configured(
+        collectors: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
         require_root();
         let addr = free_local_addr();
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
         let log_file = File::create(&log).expect("create the daemon's log file");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(hostscope_bin());
-                command
-            }
-            None => Command::new(hostscope_bin()),
-        };
-        let child = command
+        let mut command = Command::new(hostscope_bin());
+        command
             .args([
                 "serve",
                 "--listen",
@@ -73,9 +70,9 @@ impl Daemon {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start hostscope");
+            .stderr(log_file);
+        configure(&mut command);
+        let child = command.spawn().expect("start hostscope");
         let mut daemon = Daemon {
             child: Some(child),
             addr,
@@ -137,7 +134,7 @@ impl Daemon {
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.as_ref().expect("the daemon runs").id()
     }
 
     /// What the daemon has logged so far.

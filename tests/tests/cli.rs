@@ -72,6 +72,51 @@ fn port_in_use_is_a_usage_error_with_one_line() {
     assert!(errors[0].contains("--listen"), "says what to do: {stderr}");
 }
 
+/// A connection limit or profile queue that is not a number in range is a
+/// usage error in one line naming the flag, from the command line or the
+/// environment.
+#[test]
+fn bad_connection_limit_and_queue_are_usage_errors() {
+    for (args, env, flag) in [
+        (
+            &["--web.max-connections", "0"][..],
+            None,
+            "--web.max-connections",
+        ),
+        (
+            &["--web.max-connections", "lots"],
+            None,
+            "--web.max-connections",
+        ),
+        (&["--profile-max-queue=-1"], None, "--profile-max-queue"),
+        (
+            &[],
+            Some(("HOSTSCOPE_WEB_MAX_CONNECTIONS", "0")),
+            "--web.max-connections",
+        ),
+        (
+            &[],
+            Some(("HOSTSCOPE_PROFILE_MAX_QUEUE", "many")),
+            "--profile-max-queue",
+        ),
+    ] {
+        let mut command = Command::new(hostscope_bin());
+        command.arg("serve").args(args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let output = command.output().expect("run hostscope");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(
+            errors[0].contains(flag) && errors[0].contains(" from "),
+            "says which flag and what it takes: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_interval_and_log_level_are_usage_errors() {
     assert_usage_error(

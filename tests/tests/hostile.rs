@@ -13,6 +13,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -304,16 +305,18 @@ fn capabilities_are_dropped_to_what_the_daemon_uses() {
 /// address (which would reveal the KASLR base) appears anywhere.
 #[test]
 fn kernel_addresses_are_never_shown() {
-    let daemon = Daemon::spawn_wrapped(
-        &[
-            "setpriv",
-            "--inh-caps=-all",
-            "--bounding-set=-all,+bpf,+perfmon",
-            "--",
-        ],
-        "sched",
-        &[],
-    );
+    let daemon = Daemon::spawn_configured("sched", &[], |command| {
+        // SAFETY: prctl only, in the child before exec; root then execs
+        // with its bounding set as its capabilities.
+        unsafe {
+            command.pre_exec(|| {
+                for cap in (0..64).filter(|c| ![38, 39].contains(c)) {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                }
+                Ok(())
+            })
+        };
+    });
     let busy = Running::build_and_start("syscall_loop", SYSCALL_LOOP);
     let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", busy.pid));
     assert_eq!(status, 200, "{body}\nlog:\n{}", daemon.log());

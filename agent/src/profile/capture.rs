@@ -1,5 +1,6 @@
 //! Taking a profile: reset the maps, attach the sampler to every online
-//! CPU, wait, detach, read. One capture at a time; later requests wait.
+//! CPU, wait, detach, read. One capture at a time; a few later requests
+//! wait (see `admission.rs`), and shutdown ends them all.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +14,11 @@ use hostscope_common::profile::{
     PROFILE_PROGRAM, PROFILE_STACKS_MAP, SampleKey,
 };
 
-use super::{Limits, Profile, ProfileError, Request, symbolize};
+use super::{
+    Limits, Profile, ProfileError, Request,
+    admission::{Admission, DEFAULT_MAX_QUEUE},
+    symbolize,
+};
 use crate::{probes::Probes, sandbox::Sandbox};
 
 /// What the kernel counted, before symbolization.
@@ -45,6 +50,8 @@ pub struct Profiler {
     turn: tokio::sync::Mutex<()>,
     /// Names user frames, out of the daemon's process; shared by captures.
     sandbox: Arc<Mutex<Sandbox>>,
+    /// Who may wait for `turn`; shutdown.
+    admission: Admission,
     /// What requests are checked against.
     pub limits: Limits,
 }
@@ -82,23 +89,42 @@ impl Profiler {
             maps: Mutex::new(maps),
             turn: tokio::sync::Mutex::new(()),
             sandbox: Arc::default(),
+            admission: Admission::new(DEFAULT_MAX_QUEUE),
             limits,
         })
     }
 
+    /// Lets at most `max_queue` requests wait behind the running capture;
+    /// more get [`ProfileError::Busy`].
+    #[must_use]
+    pub fn with_max_queue(mut self, max_queue: usize) -> Self {
+        self.admission = Admission::new(max_queue);
+        self
+    }
+
+    /// Ends the running capture and every waiting one with
+    /// [`ProfileError::ShuttingDown`], and refuses new ones.
+    pub fn shut_down(&self) {
+        self.admission.shut_down();
+    }
+
     /// Samples for `request.seconds`, then symbolizes. Dropping the future
-    /// (a client that went away) detaches the sampler at once.
+    /// (a client that went away) detaches the sampler at once, as does
+    /// [`Profiler::shut_down`].
     pub async fn capture(&self, request: Request) -> Result<Profile, ProfileError> {
-        let _turn = self.turn.lock().await;
+        let _place = self.admission.admit()?;
+        let _turn = self.admission.unless_shutdown(self.turn.lock()).await?;
         self.reset(request.pid.unwrap_or(0))?;
         let symbolizer = symbolize::Worker::start(self.sandbox.clone());
         {
             let _sampling = Sampling::start(&self.probes, request.frequency)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);
+            let _estimate = self.admission.sampling(deadline.into_std());
             let mut seen = HashSet::new();
             loop {
                 let tick = tokio::time::Instant::now() + Duration::from_millis(500);
-                tokio::time::sleep_until(tick.min(deadline)).await;
+                let pause = tokio::time::sleep_until(tick.min(deadline));
+                self.admission.unless_shutdown(pause).await?;
                 // Cache each new process's mappings while it is alive, so
                 // that one that exits before the end still symbolizes.
                 for tgid in self.sampled_processes() {
@@ -112,7 +138,8 @@ impl Profiler {
             }
         }
         let raw = self.read()?;
-        symbolizer.symbolize(raw, request).await
+        let symbolized = symbolizer.symbolize(raw, request);
+        self.admission.unless_shutdown(symbolized).await?
     }
 
     fn reset(&self, only_tgid: u32) -> Result<(), ProfileError> {

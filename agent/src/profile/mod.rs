@@ -1,6 +1,7 @@
 //! On-demand CPU profiles: sample stacks in the kernel for N seconds, then
 //! symbolize them and render folded stacks, an SVG flame graph or pprof.
 
+mod admission;
 mod capture;
 mod files;
 mod kallsyms;
@@ -58,6 +59,20 @@ pub enum ProfileError {
     /// The sampler could not be set up or read.
     #[error("profiling failed: {0}")]
     Failed(String),
+    /// A capture is running and the queue behind it is full.
+    #[error(
+        "a profile is being taken and {waiting} more requests are waiting \
+         (--profile-max-queue); retry in {retry_after} s"
+    )]
+    Busy {
+        /// How many requests wait behind the running capture.
+        waiting: usize,
+        /// Seconds until a place in the queue frees up, roughly.
+        retry_after: u64,
+    },
+    /// The daemon is shutting down; the capture was cancelled.
+    #[error("hostscope is shutting down; the profile was cancelled")]
+    ShuttingDown,
 }
 
 impl Limits {

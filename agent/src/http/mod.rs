@@ -1,6 +1,10 @@
-//! The HTTP surface. The only module that knows HTTP.
+//! The HTTP surface. The only module that knows HTTP: routes and handlers
+//! here, connections in `server.rs` and `connections.rs`.
 
-use std::{collections::HashMap, future::Future, io, sync::Arc};
+mod connections;
+mod server;
+
+use std::{collections::HashMap, io, sync::Arc};
 
 use axum::{
     Router,
@@ -10,6 +14,7 @@ use axum::{
     routing::get,
 };
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{self, Metrics},
@@ -32,11 +37,13 @@ const INDEX: &str = "hostscope\n\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
     /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n";
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
+/// Serves at most `max_connections` at once until `shutdown` is cancelled,
+/// then gives in-flight requests a moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    max_connections: usize,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let app = Router::new()
         .route("/", get(|| async { INDEX }))
@@ -46,9 +53,7 @@ pub async fn serve(
         .route("/stacks", get(stacks))
         .route("/debug/pprof/profile", get(pprof))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, app, max_connections, shutdown).await
 }
 
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -154,6 +159,15 @@ async fn respond(
             .into_response(),
         Err(ProfileError::BadRequest(reason)) => {
             (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+        }
+        Err(err @ ProfileError::Busy { retry_after, .. }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            format!("{err}\n"),
+        )
+            .into_response(),
+        Err(err @ ProfileError::ShuttingDown) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response()
         }
         Err(err) => {
             tracing::error!("{err}");

@@ -28,8 +28,12 @@ use super::{
 };
 use crate::sandbox::{Sandbox, SandboxError};
 
-/// The most files one capture holds open.
+/// The most files one capture holds open, and at most a quarter of the
+/// soft open-file limit, so that connections and maps always have room.
 const MAX_OPEN_FILES: usize = 2048;
+/// The most executable mappings kept per process (a process can map the
+/// same file tens of thousands of times).
+const MAX_MAPPINGS: usize = 4096;
 /// How long naming one capture's files may take in all; past it, the rest
 /// are named `file+0xOFFSET`.
 const BUDGET: Duration = Duration::from_secs(20);
@@ -97,12 +101,25 @@ fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>) {
 }
 
 /// What a capture learned about the processes it sampled.
-#[derive(Default)]
 struct Processes {
     by_tgid: HashMap<u32, Process>,
     /// Open files, each once however many processes map it.
     files: Vec<OwnedFd>,
     by_inode: HashMap<(u64, u64), usize>,
+    /// How many files may be open at once.
+    max_files: usize,
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        let soft = crate::fd_limit::soft().unwrap_or(1024);
+        Self {
+            by_tgid: HashMap::new(),
+            files: Vec::new(),
+            by_inode: HashMap::new(),
+            max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
+        }
+    }
 }
 
 struct Process {
@@ -118,7 +135,10 @@ impl Processes {
             return;
         }
         let mappings = match procmaps::read(tgid) {
-            Ok(mappings) => mappings,
+            Ok(mut mappings) => {
+                mappings.truncate(MAX_MAPPINGS);
+                mappings
+            }
             Err(err) => {
                 tracing::debug!(tgid, "cannot read its mappings: {err}");
                 return;
@@ -140,7 +160,7 @@ impl Processes {
     }
 
     fn open(&mut self, tgid: u32, mapping: &Mapping) -> Option<usize> {
-        if !mapping.is_file() || self.files.len() >= MAX_OPEN_FILES {
+        if !mapping.is_file() || self.files.len() >= self.max_files {
             return None;
         }
         let fd = files::open_mapping(tgid, mapping)

@@ -13,7 +13,7 @@
 //! If the sandbox crashes, hits a limit or does not answer within
 //! [`REPLY_TIMEOUT`], the file it was reading gets no names (its frames
 //! read `file+0xOFFSET`), the sandbox is killed and a new one is started
-//! for the next file.
+//! for the next file; a file that does this twice is not sent again.
 
 mod elf;
 mod perfmap;
@@ -22,6 +22,7 @@ mod seccomp;
 pub mod worker;
 
 use std::{
+    collections::HashMap,
     io,
     os::{
         fd::{AsFd as _, BorrowedFd, OwnedFd},
@@ -68,6 +69,31 @@ pub enum SandboxError {
 #[derive(Debug, Default)]
 pub struct Sandbox {
     worker: Option<Worker>,
+    /// How often each file (as it is now) made a sandbox fail. One that
+    /// did [`STRIKES`] times is never sent again, so that a hostile file
+    /// costs its own names, not every capture's time; one failure may be
+    /// bad luck (a host too loaded to answer in time).
+    failures: HashMap<FileKey, u8>,
+}
+
+/// Failures after which a file is not read again.
+const STRIKES: u8 = 2;
+
+/// A file's identity and version: device, inode, size, modification time.
+type FileKey = (u64, u64, i64, i64, u64);
+
+/// Files whose failures are remembered at most (a few MiB).
+const QUARANTINE_MAX: usize = 65_536;
+
+fn file_key(file: BorrowedFd<'_>) -> Option<FileKey> {
+    let stat = rustix::fs::fstat(file).ok()?;
+    Some((
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime,
+        stat.st_mtime_nsec,
+    ))
 }
 
 #[derive(Debug)]
@@ -113,9 +139,28 @@ impl Sandbox {
         addrs: &[u64],
         request: impl Fn(Vec<u64>) -> Request,
     ) -> Result<Vec<Option<String>>, SandboxError> {
+        let key = file_key(file);
+        if key
+            .and_then(|key| self.failures.get(&key))
+            .is_some_and(|n| *n >= STRIKES)
+        {
+            return Err(SandboxError::File(
+                "it made the sandbox fail before and is not read again".into(),
+            ));
+        }
         let mut names = Vec::with_capacity(addrs.len());
         for chunk in addrs.chunks(MAX_ADDRS) {
-            names.extend(self.ask(file, request(chunk.to_vec()), chunk.len())?);
+            match self.ask(file, request(chunk.to_vec()), chunk.len()) {
+                Ok(found) => names.extend(found),
+                Err(err) => {
+                    if let (SandboxError::Failed(_), Some(key)) = (&err, key)
+                        && self.failures.len() < QUARANTINE_MAX
+                    {
+                        *self.failures.entry(key).or_default() += 1;
+                    }
+                    return Err(err);
+                }
+            }
         }
         Ok(names)
     }

@@ -21,8 +21,9 @@ use super::{
 };
 
 /// Parsed symbol tables kept between requests, up to this many symbols in
-/// all: a host runs the same few binaries in many processes.
-const CACHE_SYMBOLS: usize = 4_000_000;
+/// all (about 64 MiB, a quarter of the sandbox's address space): a host
+/// runs the same few binaries in many processes.
+const CACHE_SYMBOLS: usize = 1_000_000;
 
 /// A file as it is now: the same inode rewritten is another file.
 type FileKey = (u64, u64, u64, i64, i64);

@@ -481,3 +481,61 @@ fn a_sandbox_that_hangs_or_dies_is_replaced() {
         daemon.log()
     );
 }
+
+/// A binary stripped of every symbol still shows where its time goes:
+/// frames read `name+0xOFFSET`, and the leaf's offset lies inside the hot
+/// function as the unstripped binary places it. No bare addresses.
+#[test]
+fn stripped_binaries_show_file_and_offset() {
+    let daemon = Daemon::start("sched");
+    let exe = programs::build(
+        "hot_loop_full",
+        programs::HOT_LOOP,
+        &["-O0", "-fno-omit-frame-pointer"],
+    );
+    let stripped = programs::build_dir().join("hot_stripped");
+    std::fs::copy(&exe, &stripped).unwrap();
+    let status = std::process::Command::new("strip")
+        .arg("-s")
+        .arg(&stripped)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Where hot_spin_loop is, as an offset into the file.
+    let bytes = std::fs::read(&exe).unwrap();
+    let elf = object::File::parse(&*bytes).unwrap();
+    let symbol = object::ObjectSymbolTable::symbols(&elf.symbol_table().unwrap())
+        .find(|s| object::ObjectSymbol::name(s) == Ok("hot_spin_loop"))
+        .unwrap();
+    let text = elf.section_by_name(".text").unwrap();
+    let (text_offset, _) = text.file_range().unwrap();
+    let start = object::ObjectSymbol::address(&symbol) - text.address() + text_offset;
+    let range = start..start + object::ObjectSymbol::size(&symbol);
+
+    let hot = Running::start(std::process::Command::new(&stripped), "hot_stripped");
+    let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", hot.pid));
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("[unknown"), "{body}");
+    let mut total = 0;
+    let mut inside = 0;
+    for line in body.lines() {
+        let (frames, count) = line.rsplit_once(' ').unwrap();
+        let count: u64 = count.parse().unwrap();
+        total += count;
+        let leaf_user = frames
+            .split(';')
+            .filter(|f| !f.ends_with("_[k]"))
+            .last()
+            .unwrap();
+        if let Some(offset) = leaf_user.strip_prefix("hot_stripped+0x") {
+            let offset = u64::from_str_radix(offset, 16).unwrap();
+            if range.contains(&offset) {
+                inside += count;
+            }
+        }
+    }
+    println!("{inside} of {total} samples at hot_stripped+{range:x?}");
+    assert!(total >= 30, "{body}");
+    assert!(inside as f64 >= 0.9 * total as f64, "{body}");
+}

@@ -523,11 +523,7 @@ fn stripped_binaries_show_file_and_offset() {
         let (frames, count) = line.rsplit_once(' ').unwrap();
         let count: u64 = count.parse().unwrap();
         total += count;
-        let leaf_user = frames
-            .split(';')
-            .filter(|f| !f.ends_with("_[k]"))
-            .last()
-            .unwrap();
+        let leaf_user = frames.split(';').rfind(|f| !f.ends_with("_[k]")).unwrap();
         if let Some(offset) = leaf_user.strip_prefix("hot_stripped+0x") {
             let offset = u64::from_str_radix(offset, 16).unwrap();
             if range.contains(&offset) {

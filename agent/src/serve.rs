@@ -23,12 +23,13 @@ use crate::{
 
 /// The listen address cannot be used: a usage error (exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}; choose another address with --listen")]
+#[error("cannot listen on {addr}: {reason}; choose another address with --listen")]
 pub struct BindError {
     /// The address asked for.
     pub addr: SocketAddr,
-    /// Why binding failed (in use, not a local address, ...).
-    pub source: io::Error,
+    /// Why binding failed (in use, not a local address, ...). Part of the
+    /// message, not a separate source, so the one line says it once.
+    pub reason: io::Error,
 }
 
 /// Runs the daemon. Everything that needs privileges (binding, loading and
@@ -131,7 +132,7 @@ fn fit_connections(wanted: usize) -> usize {
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     std::net::TcpListener::bind(addr)
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .map_err(|source| BindError { addr, source })
+        .map_err(|reason| BindError { addr, reason })
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

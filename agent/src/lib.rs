@@ -16,6 +16,7 @@ mod privileges;
 mod probes;
 mod profile;
 mod profile_cmd;
+mod quote;
 mod render;
 mod serve;
 

@@ -9,13 +9,14 @@
 //! small and stable (include/uapi/linux/btf.h): one pass records where each
 //! type starts, and lookups scan those.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashSet, fs, io, path::Path};
 
 /// Where the running kernel publishes its BTF.
 #[cfg(test)]
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+const VERSION: u8 = 1;
 const HEADER_LEN: usize = 24;
 const TYPE_HEADER_LEN: usize = 12;
 
@@ -162,6 +163,12 @@ impl Btf {
             ));
         }
         let word = |at: usize| read_u32(&data, at).ok_or(BtfError::Malformed("truncated header"));
+        // Version and flags, as the kernel checks them (btf_parse_hdr): a
+        // blob with others is not one this reader understands.
+        let [.., version, flags] = word(0)?.to_ne_bytes();
+        if version != VERSION || flags != 0 {
+            return Err(BtfError::Malformed("unknown version or flags"));
+        }
         let header_len = word(4)? as usize;
         if header_len < HEADER_LEN {
             return Err(BtfError::Malformed("header too short"));
@@ -178,6 +185,13 @@ impl Btf {
         };
         let types = section(word(8)?, word(12)?)?;
         let strings = section(word(16)?, word(20)?)?;
+        let apart = types.is_empty()
+            || strings.is_empty()
+            || types.end <= strings.start
+            || strings.end <= types.start;
+        if !apart {
+            return Err(BtfError::Malformed("type and string sections overlap"));
+        }
 
         let mut type_starts = vec![0];
         let mut at = types.start;
@@ -264,6 +278,17 @@ impl Btf {
 
     /// The size in bytes of a type, through typedefs and qualifiers.
     pub fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        self.size_within(id, MAX_INDIRECTIONS)
+    }
+
+    /// [`Self::size_of`], through at most `depth` nested arrays (bad BTF
+    /// can make an array its own element).
+    fn size_within(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        if depth == 0 {
+            return Err(BtfError::Unexpected(format!(
+                "type {id}: arrays nested too deep"
+            )));
+        }
         let id = self.resolve(id)?;
         if id == 0 {
             return Err(BtfError::Unexpected("void has no size".into()));
@@ -277,7 +302,7 @@ impl Btf {
             KIND_ARRAY => {
                 let element = self.extra_u32(&header, 0)?;
                 let count = self.extra_u32(&header, 2)?;
-                self.size_of(element)?
+                self.size_within(element, depth - 1)?
                     .checked_mul(count)
                     .ok_or_else(|| BtfError::Unexpected(format!("array {id} too large")))
             }
@@ -311,7 +336,10 @@ impl Btf {
                 kind: "struct",
                 name: strukt.to_owned(),
             })?;
-        match self.member_in(id, member, 0)? {
+        // Each anonymous type is searched once: bad BTF can nest one in
+        // itself, or many times over, and a second search finds nothing new.
+        let mut searched = HashSet::from([id]);
+        match self.member_in(id, member, 0, &mut searched)? {
             Some((bit_offset, type_id)) if bit_offset % 8 == 0 => Ok(Member {
                 offset: bit_offset / 8,
                 type_id,
@@ -328,7 +356,13 @@ impl Btf {
     }
 
     /// `(bit offset, type id)` of `name` in struct or union `id`.
-    fn member_in(&self, id: u32, name: &str, depth: u32) -> Result<Option<(u32, u32)>, BtfError> {
+    fn member_in(
+        &self,
+        id: u32,
+        name: &str,
+        depth: u32,
+        searched: &mut HashSet<u32>,
+    ) -> Result<Option<(u32, u32)>, BtfError> {
         let header = self.header(id)?;
         let mut anonymous = Vec::new();
         for index in 0..header.vlen {
@@ -362,9 +396,13 @@ impl Btf {
             let inner = self.resolve(type_id)?;
             let kind = self.header(inner)?.kind;
             if (kind == KIND_STRUCT || kind == KIND_UNION)
-                && let Some((offset, found)) = self.member_in(inner, name, depth + 1)?
+                && searched.insert(inner)
+                && let Some((offset, found)) = self.member_in(inner, name, depth + 1, searched)?
             {
-                return Ok(Some((base + offset, found)));
+                let offset = base.checked_add(offset).ok_or_else(|| {
+                    BtfError::Unexpected(format!("struct {id}: `{name}` is past 4 Gbit"))
+                })?;
+                return Ok(Some((offset, found)));
             }
         }
         Ok(None)
@@ -419,13 +457,29 @@ impl Btf {
     /// The name of a type, for messages (`struct request *`, `unsigned int`).
     #[cfg(test)]
     pub fn type_name(&self, id: u32) -> String {
+        self.type_name_within(id, MAX_INDIRECTIONS)
+    }
+
+    /// [`Self::type_name`], through at most `depth` pointers and qualifiers
+    /// (bad BTF can make a pointer point to itself).
+    #[cfg(test)]
+    fn type_name_within(&self, id: u32, depth: u32) -> String {
+        if depth == 0 {
+            return "…".into();
+        }
         let Ok(header) = self.header(id) else {
             return if id == 0 { "void".into() } else { "?".into() };
         };
         let name = String::from_utf8_lossy(self.name(header.name_off)).into_owned();
         match header.kind {
-            KIND_PTR => format!("{} *", self.type_name(header.size_or_type)),
-            KIND_CONST => format!("const {}", self.type_name(header.size_or_type)),
+            KIND_PTR => format!(
+                "{} *",
+                self.type_name_within(header.size_or_type, depth - 1)
+            ),
+            KIND_CONST => format!(
+                "const {}",
+                self.type_name_within(header.size_or_type, depth - 1)
+            ),
             KIND_STRUCT => format!("struct {name}"),
             KIND_UNION => format!("union {name}"),
             KIND_ENUM | KIND_ENUM64 => format!("enum {name}"),
@@ -500,7 +554,7 @@ mod tests {
         fn build(self) -> Vec<u8> {
             let mut out = Vec::new();
             let words = [
-                u32::from(MAGIC) | 1 << 16,
+                u32::from(MAGIC) | u32::from(VERSION) << 16,
                 HEADER_LEN as u32,
                 0,
                 self.types.len() as u32,
@@ -599,6 +653,50 @@ mod tests {
         let mut truncated = sample().data;
         truncated.truncate(40);
         assert!(Btf::parse(truncated).is_err());
+    }
+
+    /// Bad BTF found by the fuzzer (fuzz/regressions/btf/ has the inputs):
+    /// types that contain or point to themselves end in an error or a
+    /// placeholder, not in endless recursion.
+    #[test]
+    fn cycles_in_bad_btf_end() {
+        let mut b = Builder::new();
+        b.add(KIND_PTR, "", 1, false, &[]);
+        b.add(KIND_ARRAY, "", 0, false, &[2, 2, 2]);
+        // 3: a struct with many anonymous members of its own type, 4 likewise
+        // through an anonymous union.
+        let m: Vec<u32> = (0..50).flat_map(|_| b.member("", 3, 0)).collect();
+        b.add(KIND_STRUCT, "selfish", 8, false, &m);
+        let m = [b.member("", 5, 0), b.member("", 5, 0)].concat();
+        b.add(KIND_STRUCT, "outer", 8, false, &m);
+        let m = [b.member("", 4, 0), b.member("", 5, 0)].concat();
+        b.add(KIND_UNION, "", 8, false, &m);
+        let btf = Btf::parse(b.build()).unwrap();
+        assert!(btf.type_name(1).ends_with("* * *"));
+        assert!(matches!(btf.size_of(2), Err(BtfError::Unexpected(_))));
+        assert!(matches!(
+            btf.member("selfish", "x"),
+            Err(BtfError::MissingMember { .. })
+        ));
+        assert!(matches!(
+            btf.member("outer", "x"),
+            Err(BtfError::MissingMember { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_versions_flags_and_overlaps() {
+        let good = sample().data;
+        for (at, byte) in [(2, 2), (3, 1)] {
+            let mut bad = good.clone();
+            bad[at] = byte;
+            assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
+        }
+        // The string section starting inside the type section.
+        let mut bad = good.clone();
+        bad[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        bad[20..24].copy_from_slice(&8u32.to_ne_bytes());
+        assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
     }
 
     /// The running kernel's BTF parses in full and has the block layer's

@@ -147,7 +147,7 @@ pub struct SystemArgs {
     pub kernel_btf: PathBuf,
 }
 
-fn parse_positive_seconds(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_positive_seconds(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("{} is not a number of seconds", quoted(text)))?;

@@ -8,6 +8,8 @@
 mod btf;
 mod cli;
 mod collector;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hist;
 mod http;
 mod kernel_layout;

@@ -9,13 +9,14 @@
 //! small and stable (include/uapi/linux/btf.h): one pass records where each
 //! type starts, and lookups scan those.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashSet, fs, io, path::Path};
 
 /// Where the running kernel publishes its BTF.
 #[cfg(test)]
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+const VERSION: u8 = 1;
 const HEADER_LEN: usize = 24;
 const TYPE_HEADER_LEN: usize = 12;
 
@@ -162,6 +163,12 @@ impl Btf {
             ));
         }
         let word = |at: usize| read_u32(&data, at).ok_or(BtfError::Malformed("truncated header"));
+        // Version and flags, as the kernel checks them (btf_parse_hdr): a
+        // blob with others is not one this reader understands.
+        let [.., version, flags] = word(0)?.to_ne_bytes();
+        if version != VERSION || flags != 0 {
+            return Err(BtfError::Malformed("unknown version or flags"));
+        }
         let header_len = word(4)? as usize;
         if header_len < HEADER_LEN {
             return Err(BtfError::Malformed("header too short"));
@@ -178,22 +185,20 @@ impl Btf {
         };
         let types = section(word(8)?, word(12)?)?;
         let strings = section(word(16)?, word(20)?)?;
+        let apart = types.is_empty()
+            || strings.is_empty()
+            || types.end <= strings.start
+            || strings.end <= types.start;
+        if !apart {
+            return Err(BtfError::Malformed("type and string sections overlap"));
+        }
 
         let mut type_starts = vec![0];
         let mut at = types.start;
         while at < types.end {
             let header = type_header(&data, at)?;
-            let extra_len = match header.kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * header.vlen,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * header.vlen,
-                unknown => return Err(BtfError::UnknownKind(unknown)),
-            };
             type_starts.push(at);
-            at = header.extra + extra_len;
+            at = header.extra + extra_len(&header)?;
         }
         if at != types.end {
             return Err(BtfError::Malformed("last type runs past the type section"));
@@ -206,7 +211,6 @@ impl Btf {
     }
 
     /// Number of types, void excluded.
-    #[cfg(test)]
     pub fn type_count(&self) -> usize {
         self.type_starts.len() - 1
     }
@@ -264,6 +268,17 @@ impl Btf {
 
     /// The size in bytes of a type, through typedefs and qualifiers.
     pub fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        self.size_within(id, MAX_INDIRECTIONS)
+    }
+
+    /// [`Self::size_of`], through at most `depth` nested arrays (bad BTF
+    /// can make an array its own element).
+    fn size_within(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        if depth == 0 {
+            return Err(BtfError::Unexpected(format!(
+                "type {id}: arrays nested too deep"
+            )));
+        }
         let id = self.resolve(id)?;
         if id == 0 {
             return Err(BtfError::Unexpected("void has no size".into()));
@@ -277,7 +292,7 @@ impl Btf {
             KIND_ARRAY => {
                 let element = self.extra_u32(&header, 0)?;
                 let count = self.extra_u32(&header, 2)?;
-                self.size_of(element)?
+                self.size_within(element, depth - 1)?
                     .checked_mul(count)
                     .ok_or_else(|| BtfError::Unexpected(format!("array {id} too large")))
             }
@@ -311,7 +326,10 @@ impl Btf {
                 kind: "struct",
                 name: strukt.to_owned(),
             })?;
-        match self.member_in(id, member, 0)? {
+        // Each anonymous type is searched once: bad BTF can nest one in
+        // itself, or many times over, and a second search finds nothing new.
+        let mut searched = HashSet::from([id]);
+        match self.member_in(id, member, 0, &mut searched)? {
             Some((bit_offset, type_id)) if bit_offset % 8 == 0 => Ok(Member {
                 offset: bit_offset / 8,
                 type_id,
@@ -328,7 +346,13 @@ impl Btf {
     }
 
     /// `(bit offset, type id)` of `name` in struct or union `id`.
-    fn member_in(&self, id: u32, name: &str, depth: u32) -> Result<Option<(u32, u32)>, BtfError> {
+    fn member_in(
+        &self,
+        id: u32,
+        name: &str,
+        depth: u32,
+        searched: &mut HashSet<u32>,
+    ) -> Result<Option<(u32, u32)>, BtfError> {
         let header = self.header(id)?;
         let mut anonymous = Vec::new();
         for index in 0..header.vlen {
@@ -362,9 +386,13 @@ impl Btf {
             let inner = self.resolve(type_id)?;
             let kind = self.header(inner)?.kind;
             if (kind == KIND_STRUCT || kind == KIND_UNION)
-                && let Some((offset, found)) = self.member_in(inner, name, depth + 1)?
+                && searched.insert(inner)
+                && let Some((offset, found)) = self.member_in(inner, name, depth + 1, searched)?
             {
-                return Ok(Some((base + offset, found)));
+                let offset = base.checked_add(offset).ok_or_else(|| {
+                    BtfError::Unexpected(format!("struct {id}: `{name}` is past 4 Gbit"))
+                })?;
+                return Ok(Some((offset, found)));
             }
         }
         Ok(None)
@@ -417,21 +445,207 @@ impl Btf {
     }
 
     /// The name of a type, for messages (`struct request *`, `unsigned int`).
-    #[cfg(test)]
     pub fn type_name(&self, id: u32) -> String {
+        self.type_name_within(id, MAX_INDIRECTIONS)
+    }
+
+    /// [`Self::type_name`], through at most `depth` pointers and qualifiers
+    /// (bad BTF can make a pointer point to itself).
+    fn type_name_within(&self, id: u32, depth: u32) -> String {
+        if depth == 0 {
+            return "…".into();
+        }
         let Ok(header) = self.header(id) else {
             return if id == 0 { "void".into() } else { "?".into() };
         };
         let name = String::from_utf8_lossy(self.name(header.name_off)).into_owned();
         match header.kind {
-            KIND_PTR => format!("{} *", self.type_name(header.size_or_type)),
-            KIND_CONST => format!("const {}", self.type_name(header.size_or_type)),
+            KIND_PTR => format!(
+                "{} *",
+                self.type_name_within(header.size_or_type, depth - 1)
+            ),
+            KIND_CONST => format!(
+                "const {}",
+                self.type_name_within(header.size_or_type, depth - 1)
+            ),
             KIND_STRUCT => format!("struct {name}"),
             KIND_UNION => format!("union {name}"),
             KIND_ENUM | KIND_ENUM64 => format!("enum {name}"),
             _ => name,
         }
     }
+}
+
+/// Builds BTF blobs by hand: (kind, name, size_or_type, kind_flag, extra
+/// words). For the unit tests and the fuzzers' seeds.
+pub(crate) struct Builder {
+    strings: Vec<u8>,
+    types: Vec<u8>,
+}
+
+impl Builder {
+    pub(crate) fn new() -> Self {
+        Self {
+            strings: vec![0],
+            types: Vec::new(),
+        }
+    }
+
+    pub(crate) fn string(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return 0;
+        }
+        let off = self.strings.len() as u32;
+        self.strings.extend_from_slice(s.as_bytes());
+        self.strings.push(0);
+        off
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        kind: u32,
+        name: &str,
+        size_or_type: u32,
+        flag: bool,
+        extra: &[u32],
+    ) {
+        let vlen = match kind {
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => extra.len() / 3,
+            KIND_ENUM | KIND_FUNC_PROTO => extra.len() / 2,
+            _ => 0,
+        } as u32;
+        let name = self.string(name);
+        let info = (u32::from(flag) << 31) | (kind << 24) | vlen;
+        for w in [name, info, size_or_type].iter().chain(extra) {
+            self.types.extend_from_slice(&w.to_ne_bytes());
+        }
+    }
+
+    pub(crate) fn member(&mut self, name: &str, type_id: u32, bits: u32) -> [u32; 3] {
+        [self.string(name), type_id, bits]
+    }
+
+    pub(crate) fn build(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let words = [
+            u32::from(MAGIC) | u32::from(VERSION) << 16,
+            HEADER_LEN as u32,
+            0,
+            self.types.len() as u32,
+            self.types.len() as u32,
+            self.strings.len() as u32,
+        ];
+        for w in words {
+            out.extend_from_slice(&w.to_ne_bytes());
+        }
+        out.extend_from_slice(&self.types);
+        out.extend_from_slice(&self.strings);
+        out
+    }
+}
+
+/// A lookup by name: what the fuzzers ask of a blob, with names it holds.
+#[derive(Debug)]
+pub(crate) enum Query {
+    /// [`Btf::member`]: struct, member.
+    Member(String, String),
+    /// [`Btf::enum_value`]: enum, enumerator.
+    EnumValue(String, String),
+    /// [`Btf::tracepoint_args`]: the tracepoint (its typedef without `btf_trace_`).
+    TracepointArgs(String),
+}
+
+/// Longest name a query copies: kernel names are shorter (KSYM_NAME_LEN is
+/// 512, and real ones are far below it), and copies of longer, unterminated
+/// "names" would make the fuzzers' own allocations grow with the blob.
+const MAX_QUERY_NAME: usize = 128;
+
+impl Btf {
+    /// Up to `limit` lookups with the names of this blob's types: each
+    /// struct's first members and one it lacks (which searches every
+    /// anonymous member), each enum's first values, each tracepoint typedef.
+    pub(crate) fn queries(&self, limit: usize) -> Vec<Query> {
+        const PER_TYPE: usize = 4;
+        let name = |off: u32| {
+            let name = self.name(off);
+            String::from_utf8_lossy(&name[..name.len().min(MAX_QUERY_NAME)]).into_owned()
+        };
+        let mut queries = Vec::new();
+        for id in 1..self.type_starts.len() as u32 {
+            if queries.len() >= limit {
+                break;
+            }
+            let Ok(header) = self.header(id) else {
+                continue;
+            };
+            let type_name = name(header.name_off);
+            if type_name.is_empty() {
+                continue;
+            }
+            match header.kind {
+                KIND_STRUCT => {
+                    for index in 0..header.vlen.min(PER_TYPE) {
+                        if let Ok(off) = self.extra_u32(&header, 3 * index) {
+                            queries.push(Query::Member(type_name.clone(), name(off)));
+                        }
+                    }
+                    queries.push(Query::Member(type_name, "no such member".into()));
+                }
+                KIND_ENUM => {
+                    for index in 0..header.vlen.min(PER_TYPE) {
+                        if let Ok(off) = self.extra_u32(&header, 2 * index) {
+                            queries.push(Query::EnumValue(type_name.clone(), name(off)));
+                        }
+                    }
+                }
+                KIND_TYPEDEF => {
+                    if let Some(tracepoint) = type_name.strip_prefix("btf_trace_") {
+                        queries.push(Query::TracepointArgs(tracepoint.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        queries.truncate(limit);
+        queries
+    }
+}
+
+/// The first `types` types of a blob and the first `strings` bytes of its
+/// strings, as a blob of their own (names cut off read as empty, ids past the
+/// cut point nowhere): seeds for the fuzzers from the real kernel's BTF.
+pub(crate) fn excerpt(blob: &[u8], types: usize, strings: usize) -> Result<Vec<u8>, BtfError> {
+    let btf = Btf::parse(blob.to_vec())?;
+    let word = |at: usize| read_u32(blob, at).ok_or(BtfError::Malformed("truncated header"));
+    let type_start = word(4)? as usize + word(8)? as usize;
+    let type_end = match btf.type_starts.get(types + 1) {
+        Some(end) => *end,
+        None => type_start + word(12)? as usize,
+    };
+    let string_end = btf.strings.end.min(btf.strings.start + strings);
+    let cut = |range: std::ops::Range<usize>| {
+        blob.get(range)
+            .map(<[u8]>::to_vec)
+            .ok_or(BtfError::Malformed("section past the end"))
+    };
+    Ok(Builder {
+        strings: cut(btf.strings.start..string_end)?,
+        types: cut(type_start..type_end)?,
+    }
+    .build())
+}
+
+/// Length of a type's kind-specific data, after its 12-byte header.
+fn extra_len(header: &TypeHeader) -> Result<usize, BtfError> {
+    Ok(match header.kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * header.vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * header.vlen,
+        unknown => return Err(BtfError::UnknownKind(unknown)),
+    })
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
@@ -452,95 +666,84 @@ fn type_header(data: &[u8], at: usize) -> Result<TypeHeader, BtfError> {
     })
 }
 
+/// 1 int, 2 struct inner {a, b}, 3 union {inner; long}, 4 struct outer
+/// {x; anonymous union at byte 8; bitfield}, 5 ptr to outer, 6 typedef
+/// btf_trace_ev -> 7 ptr -> 8 proto (void *, outer *, int), 9 enum. The
+/// unit tests' subject and the fuzzers' first seed.
+pub(crate) fn sample_blob() -> Vec<u8> {
+    let mut b = Builder::new();
+    b.add(KIND_INT, "int", 4, false, &[32]);
+    let m = [b.member("a", 1, 0), b.member("b", 1, 32)].concat();
+    b.add(KIND_STRUCT, "inner", 8, false, &m);
+    let m = [b.member("", 2, 0), b.member("l", 1, 0)].concat();
+    b.add(KIND_UNION, "", 8, false, &m);
+    let m = [
+        b.member("x", 1, 0),
+        b.member("", 3, 64),
+        b.member("bits", 1, 3 << 24 | 128),
+    ]
+    .concat();
+    b.add(KIND_STRUCT, "outer", 24, true, &m);
+    b.add(KIND_PTR, "", 4, false, &[]);
+    b.add(KIND_TYPEDEF, "btf_trace_ev", 7, false, &[]);
+    b.add(KIND_PTR, "", 8, false, &[]);
+    let params = [0, 0, 0, 5, 0, 1];
+    b.add(KIND_FUNC_PROTO, "", 0, false, &params);
+    let values = [b.string("ONE"), 1, b.string("MINUS"), u32::MAX];
+    b.add(KIND_ENUM, "e", 4, true, &values);
+    b.build()
+}
+
+/// One type of every kind this reader knows, tied together: a seed from
+/// which the fuzzers reach every arm of the lookups. 1 long, 2 ptr -> 4,
+/// 3 long[4], 4 struct s {arr; anonymous union 5; p}, 5 union {v; d},
+/// 6 signed enum e, 7 fwd, 8 typedef s_t -> 9 const -> 10 volatile ->
+/// 11 restrict -> 12 type tag -> 1, 13 proto long (struct s *, s_t), 14 func,
+/// 15 double, 16 var, 17 datasec, 18 decl tag, 19 enum64, 20 typedef
+/// btf_trace_all -> 21 ptr -> 13, 22 ptr -> 7.
+pub(crate) fn every_kind_blob() -> Vec<u8> {
+    let mut b = Builder::new();
+    b.add(KIND_INT, "long", 8, false, &[64]);
+    b.add(KIND_PTR, "", 4, false, &[]);
+    b.add(KIND_ARRAY, "", 0, false, &[1, 1, 4]);
+    let m = [
+        b.member("arr", 3, 0),
+        b.member("", 5, 256),
+        b.member("p", 2, 320),
+    ]
+    .concat();
+    b.add(KIND_STRUCT, "s", 48, false, &m);
+    let m = [b.member("v", 10, 0), b.member("d", 15, 0)].concat();
+    b.add(KIND_UNION, "", 8, false, &m);
+    let values = [b.string("A"), 0, b.string("B"), u32::MAX];
+    b.add(KIND_ENUM, "e", 4, true, &values);
+    b.add(KIND_FWD, "later", 0, false, &[]);
+    b.add(KIND_TYPEDEF, "s_t", 9, false, &[]);
+    b.add(KIND_CONST, "", 10, false, &[]);
+    b.add(KIND_VOLATILE, "", 11, false, &[]);
+    b.add(KIND_RESTRICT, "", 12, false, &[]);
+    b.add(KIND_TYPE_TAG, "user", 1, false, &[]);
+    let params = [0, 2, b.string("x"), 8];
+    b.add(KIND_FUNC_PROTO, "", 1, false, &params);
+    b.add(KIND_FUNC, "f", 13, false, &[]);
+    b.add(KIND_FLOAT, "double", 8, false, &[]);
+    b.add(KIND_VAR, "v", 1, false, &[1]);
+    b.add(KIND_DATASEC, ".data", 8, false, &[16, 0, 8]);
+    b.add(KIND_DECL_TAG, "tag", 4, false, &[u32::MAX]);
+    let values = [b.string("HUGE"), 0, 1];
+    b.add(KIND_ENUM64, "big", 8, false, &values);
+    b.add(KIND_TYPEDEF, "btf_trace_all", 21, false, &[]);
+    b.add(KIND_PTR, "", 13, false, &[]);
+    b.add(KIND_PTR, "", 7, false, &[]);
+    b.build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Builds BTF blobs by hand: (kind, name, size_or_type, kind_flag, extra words).
-    struct Builder {
-        strings: Vec<u8>,
-        types: Vec<u8>,
-    }
-
-    impl Builder {
-        fn new() -> Self {
-            Self {
-                strings: vec![0],
-                types: Vec::new(),
-            }
-        }
-
-        fn string(&mut self, s: &str) -> u32 {
-            if s.is_empty() {
-                return 0;
-            }
-            let off = self.strings.len() as u32;
-            self.strings.extend_from_slice(s.as_bytes());
-            self.strings.push(0);
-            off
-        }
-
-        fn add(&mut self, kind: u32, name: &str, size_or_type: u32, flag: bool, extra: &[u32]) {
-            let vlen = match kind {
-                KIND_STRUCT | KIND_UNION => extra.len() / 3,
-                KIND_ENUM | KIND_FUNC_PROTO => extra.len() / 2,
-                _ => 0,
-            } as u32;
-            let name = self.string(name);
-            let info = (u32::from(flag) << 31) | (kind << 24) | vlen;
-            for w in [name, info, size_or_type].iter().chain(extra) {
-                self.types.extend_from_slice(&w.to_ne_bytes());
-            }
-        }
-
-        fn member(&mut self, name: &str, type_id: u32, bits: u32) -> [u32; 3] {
-            [self.string(name), type_id, bits]
-        }
-
-        fn build(self) -> Vec<u8> {
-            let mut out = Vec::new();
-            let words = [
-                u32::from(MAGIC) | 1 << 16,
-                HEADER_LEN as u32,
-                0,
-                self.types.len() as u32,
-                self.types.len() as u32,
-                self.strings.len() as u32,
-            ];
-            for w in words {
-                out.extend_from_slice(&w.to_ne_bytes());
-            }
-            out.extend_from_slice(&self.types);
-            out.extend_from_slice(&self.strings);
-            out
-        }
-    }
-
-    /// 1 int, 2 struct inner {a, b}, 3 union {inner; long}, 4 struct outer
-    /// {x; anonymous union at byte 8; bitfield}, 5 ptr to outer, 6 typedef
-    /// btf_trace_ev -> 7 ptr -> 8 proto (void *, outer *, int), 9 enum.
     fn sample() -> Btf {
-        let mut b = Builder::new();
-        b.add(KIND_INT, "int", 4, false, &[32]);
-        let m = [b.member("a", 1, 0), b.member("b", 1, 32)].concat();
-        b.add(KIND_STRUCT, "inner", 8, false, &m);
-        let m = [b.member("", 2, 0), b.member("l", 1, 0)].concat();
-        b.add(KIND_UNION, "", 8, false, &m);
-        let m = [
-            b.member("x", 1, 0),
-            b.member("", 3, 64),
-            b.member("bits", 1, 3 << 24 | 128),
-        ]
-        .concat();
-        b.add(KIND_STRUCT, "outer", 24, true, &m);
-        b.add(KIND_PTR, "", 4, false, &[]);
-        b.add(KIND_TYPEDEF, "btf_trace_ev", 7, false, &[]);
-        b.add(KIND_PTR, "", 8, false, &[]);
-        let params = [0, 0, 0, 5, 0, 1];
-        b.add(KIND_FUNC_PROTO, "", 0, false, &params);
-        let values = [b.string("ONE"), 1, b.string("MINUS"), u32::MAX];
-        b.add(KIND_ENUM, "e", 4, true, &values);
-        Btf::parse(b.build()).expect("sample BTF parses")
+        Btf::parse(sample_blob()).expect("sample BTF parses")
     }
 
     #[test]
@@ -599,6 +802,50 @@ mod tests {
         let mut truncated = sample().data;
         truncated.truncate(40);
         assert!(Btf::parse(truncated).is_err());
+    }
+
+    /// Bad BTF found by the fuzzer (fuzz/regressions/btf/ has the inputs):
+    /// types that contain or point to themselves end in an error or a
+    /// placeholder, not in endless recursion.
+    #[test]
+    fn cycles_in_bad_btf_end() {
+        let mut b = Builder::new();
+        b.add(KIND_PTR, "", 1, false, &[]);
+        b.add(KIND_ARRAY, "", 0, false, &[2, 2, 2]);
+        // 3: a struct with many anonymous members of its own type, 4 likewise
+        // through an anonymous union.
+        let m: Vec<u32> = (0..50).flat_map(|_| b.member("", 3, 0)).collect();
+        b.add(KIND_STRUCT, "selfish", 8, false, &m);
+        let m = [b.member("", 5, 0), b.member("", 5, 0)].concat();
+        b.add(KIND_STRUCT, "outer", 8, false, &m);
+        let m = [b.member("", 4, 0), b.member("", 5, 0)].concat();
+        b.add(KIND_UNION, "", 8, false, &m);
+        let btf = Btf::parse(b.build()).unwrap();
+        assert!(btf.type_name(1).ends_with("* * *"));
+        assert!(matches!(btf.size_of(2), Err(BtfError::Unexpected(_))));
+        assert!(matches!(
+            btf.member("selfish", "x"),
+            Err(BtfError::MissingMember { .. })
+        ));
+        assert!(matches!(
+            btf.member("outer", "x"),
+            Err(BtfError::MissingMember { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_versions_flags_and_overlaps() {
+        let good = sample_blob();
+        for (at, byte) in [(2, 2), (3, 1)] {
+            let mut bad = good.clone();
+            bad[at] = byte;
+            assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
+        }
+        // The string section starting inside the type section.
+        let mut bad = good.clone();
+        bad[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        bad[20..24].copy_from_slice(&8u32.to_ne_bytes());
+        assert!(matches!(Btf::parse(bad), Err(BtfError::Malformed(_))));
     }
 
     /// The running kernel's BTF parses in full and has the block layer's

@@ -1,10 +1,10 @@
 //! Command-line surface. Names here are contracts: scripts and unit files use them.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::collector::CollectorKind;
+use crate::{collector::CollectorKind, quote::quoted};
 
 /// Default listen address. 9100 is node_exporter's and 9435 ebpf_exporter's;
 /// 9661 is free in Prometheus' list of default exporter ports.
@@ -169,14 +169,17 @@ pub struct SystemArgs {
     pub kernel_btf: PathBuf,
 }
 
-fn parse_positive_seconds(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_positive_seconds(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if seconds.is_finite() && seconds > 0.0 {
-        Ok(seconds)
-    } else {
-        Err(format!("`{text}` must be a positive number of seconds"))
+        .map_err(|_| format!("{} is not a number of seconds", quoted(text)))?;
+    // `hist` sleeps for a Duration: it must be one, and not round to zero.
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(interval) if !interval.is_zero() => Ok(seconds),
+        _ => Err(format!(
+            "{} must be a positive number of seconds, from 1e-9 to 1e19",
+            quoted(text)
+        )),
     }
 }
 

@@ -9,6 +9,8 @@ mod btf;
 mod cli;
 mod collector;
 mod fd_limit;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hist;
 mod http;
 mod kernel_layout;
@@ -17,6 +19,7 @@ mod privileges;
 mod probes;
 mod profile;
 mod profile_cmd;
+mod quote;
 mod render;
 mod sandbox;
 mod serve;

@@ -16,7 +16,7 @@ use crate::{
 
 /// The CLI's own limits: an engineer at a terminal may ask for more than a
 /// daemon should serve to any client.
-const LIMITS: Limits = Limits {
+pub(crate) const LIMITS: Limits = Limits {
     max_seconds: 3600,
     max_frequency: 10_000,
 };

@@ -6,6 +6,7 @@
 //! one line what to do about what it can't.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -46,6 +47,9 @@ enum Task {
     },
     /// Measure hostscope against libbpf-tools and bpftrace; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Fuzz the parsers of untrusted input with cargo-fuzz (installed if
+    /// missing); `test` replays the committed corpus.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,7 +143,10 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     ]))?;
     run_checked(cargo().args(["build", "--release", "--package", "hostscope"]))?;
     let mut cmd = cargo();
+    // The fuzz crate has no tests (its corpus is replayed by the agent's),
+    // and its targets link libFuzzer.
     cmd.args(["test", "--workspace", "--exclude", "hostscope-ebpf"])
+        .args(["--exclude", "hostscope-fuzz"])
         .env("HOSTSCOPE_BIN", release_binary())
         // Integration tests compare system-wide kernel accounting with the
         // probes' totals: they must not run alongside each other.

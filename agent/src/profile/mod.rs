@@ -13,6 +13,10 @@ mod symbolize;
 pub use capture::Profiler;
 pub use render::{folded, pprof_gzip, svg};
 
+use std::num::IntErrorKind;
+
+use crate::quote::quoted;
+
 /// A name that came from another process (its binary's symbols, its perf
 /// map, its `comm`), made safe for every output: control characters, which
 /// would make the SVG invalid XML or split a folded line, become `?`; the
@@ -85,55 +89,73 @@ impl Limits {
         frequency: Option<&str>,
     ) -> Result<Request, ProfileError> {
         let bad = |m: String| ProfileError::BadRequest(m);
+        // A limit of 0 allows nothing: not even the defaults fit under it.
+        if self.max_seconds == 0 || self.max_frequency == 0 {
+            return Err(bad("CPU profiles are turned off here \
+                 (--profile-max-seconds or --profile-max-frequency is 0)"
+                .into()));
+        }
         let seconds = match seconds {
             None => DEFAULT_SECONDS.min(self.max_seconds),
             Some(text) => {
-                let value: i64 = text
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(format!("seconds must be a whole number, not `{text}`")))?;
-                if value <= 0 {
-                    return Err(bad(format!("seconds must be at least 1, not {value}")));
-                }
-                let value = value as u64;
-                if value > self.max_seconds {
+                let value = whole_number(text).ok_or_else(|| {
+                    bad(format!(
+                        "seconds must be a whole number, not {}",
+                        quoted(text)
+                    ))
+                })?;
+                if value < 1 {
                     return Err(bad(format!(
-                        "seconds={value} is above the limit of {} (--profile-max-seconds)",
-                        self.max_seconds
+                        "seconds must be at least 1, not {}",
+                        quoted(text)
                     )));
                 }
-                value
+                u64::try_from(value)
+                    .ok()
+                    .filter(|v| *v <= self.max_seconds)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "seconds {} is above the limit of {} (--profile-max-seconds)",
+                            quoted(text),
+                            self.max_seconds
+                        ))
+                    })?
             }
         };
-        let pid =
-            match pid {
-                None => None,
-                Some(text) => {
-                    let value: u32 =
-                        text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                            bad(format!("pid must be a process id, not `{text}`"))
-                        })?;
-                    if !std::path::Path::new(&format!("/proc/{value}")).exists() {
-                        return Err(bad(format!("no process with pid {value}")));
-                    }
-                    Some(value)
+        let pid = match pid {
+            None => None,
+            Some(text) => {
+                let value = whole_number(text)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        bad(format!("pid must be a process id, not {}", quoted(text)))
+                    })?;
+                if !std::path::Path::new(&format!("/proc/{value}")).exists() {
+                    return Err(bad(format!("no process with pid {value}")));
                 }
-            };
+                Some(value)
+            }
+        };
         let frequency = match frequency {
             None => DEFAULT_FREQUENCY.min(self.max_frequency),
             Some(text) => {
-                let value: u64 = text.trim().parse().ok().filter(|f| *f > 0).ok_or_else(|| {
+                let value = whole_number(text).filter(|f| *f > 0).ok_or_else(|| {
                     bad(format!(
-                        "frequency must be a positive number of Hz, not `{text}`"
+                        "frequency must be a positive number of Hz, not {}",
+                        quoted(text)
                     ))
                 })?;
-                if value > self.max_frequency {
-                    return Err(bad(format!(
-                        "frequency={value} is above the limit of {} Hz (--profile-max-frequency)",
-                        self.max_frequency
-                    )));
-                }
-                value
+                u64::try_from(value)
+                    .ok()
+                    .filter(|f| *f <= self.max_frequency)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "frequency {} is above the limit of {} Hz (--profile-max-frequency)",
+                            quoted(text),
+                            self.max_frequency
+                        ))
+                    })?
             }
         };
         Ok(Request {
@@ -141,6 +163,20 @@ impl Limits {
             pid,
             frequency,
         })
+    }
+}
+
+/// `text` as a whole number (surrounding spaces allowed), if it is one.
+/// Beyond i128 it is clamped: such values are out of range either way, and
+/// "above the limit" says so better than "not a number".
+fn whole_number(text: &str) -> Option<i128> {
+    match text.trim().parse::<i128>() {
+        Ok(value) => Some(value),
+        Err(err) => match err.kind() {
+            IntErrorKind::PosOverflow => Some(i128::MAX),
+            IntErrorKind::NegOverflow => Some(i128::MIN),
+            _ => None,
+        },
     }
 }
 
@@ -192,12 +228,52 @@ mod tests {
             (None, Some("4000000000"), None, "no process"),
             (None, None, Some("0"), "positive"),
             (None, None, Some("5000"), "above the limit of 1000"),
+            // Found by the fuzzer: values are quoted back escaped and cut
+            // short, and numbers too large for any type are above the limit.
+            (Some("5\n\0x"), None, None, "not `5\\n\\0x`"),
+            (
+                Some("9".repeat(50).as_str()),
+                None,
+                None,
+                "above the limit of 60",
+            ),
+            (
+                None,
+                Some("-99999999999999999999999999999999999999999"),
+                None,
+                "process id",
+            ),
+            (
+                None,
+                None,
+                Some("7".repeat(5000).as_str()),
+                "above the limit of 1000",
+            ),
         ] {
             let err = LIMITS.request(seconds, pid, frequency).unwrap_err();
+            let message = err.to_string();
             assert!(
-                err.to_string().contains(says),
+                message.contains(says),
                 "{seconds:?} {pid:?} {frequency:?}: {err}"
             );
+            assert!(message.len() < 120 && !message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_zero_limit_turns_profiles_off() {
+        for limits in [
+            Limits {
+                max_seconds: 0,
+                max_frequency: 1000,
+            },
+            Limits {
+                max_seconds: 60,
+                max_frequency: 0,
+            },
+        ] {
+            let err = limits.request(None, None, None).unwrap_err();
+            assert!(err.to_string().contains("turned off"), "{err}");
         }
     }
 

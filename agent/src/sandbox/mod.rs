@@ -15,8 +15,8 @@
 //! read `file+0xOFFSET`), the sandbox is killed and a new one is started
 //! for the next file; a file that does this twice is not sent again.
 
-mod elf;
-mod perfmap;
+pub(crate) mod elf;
+pub(crate) mod perfmap;
 mod protocol;
 mod seccomp;
 pub mod worker;

@@ -1,0 +1,185 @@
+//! Profile request parameters: the query string of `/flamegraph.svg`,
+//! `/stacks` and `/debug/pprof/profile`, and the command-line numbers
+//! (`--profile-max-*`, `hist --interval/--count`, `profile --seconds/...`).
+
+use std::collections::HashMap;
+
+use axum::{extract::Query, http::Uri};
+use clap::Parser as _;
+
+use super::{Violation, one_line};
+use crate::{
+    cli::{self, Cli, Command},
+    profile::{Limits, ProfileError, Request},
+    profile_cmd,
+};
+
+/// The daemon's limits when the input sets none (the flags' defaults).
+const DAEMON_LIMITS: Limits = Limits {
+    max_seconds: 60,
+    max_frequency: 1000,
+};
+
+/// `data` is what a client puts after `?`. It is decoded as the endpoints
+/// decode it (hyper's URI parser, then axum's `Query`); besides `seconds`,
+/// `pid` and `frequency`, the keys `max_seconds`, `max_frequency`,
+/// `interval` and `count` go to the command-line flags of those names, so
+/// that one input reaches every parser. Promises: no panic; a request is
+/// within its limits or refused with one short line; a flag's value is
+/// accepted or refused, never crashes.
+pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
+    let mut target = b"/stacks?".to_vec();
+    target.extend_from_slice(data);
+    // Bytes hyper would refuse never reach the handlers.
+    let Ok(uri) = Uri::from_maybe_shared(target) else {
+        return Ok(());
+    };
+    // axum answers 400 itself for a query it cannot decode.
+    let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&uri) else {
+        return Ok(());
+    };
+    let param = |name: &str| params.get(name).map(String::as_str);
+
+    let daemon_limits = serve_limits(param("max_seconds"), param("max_frequency"))?;
+    let request =
+        |limits: &Limits| limits.request(param("seconds"), param("pid"), param("frequency"));
+    within_limits(&daemon_limits, request(&daemon_limits))?;
+    within_limits(&profile_cmd::LIMITS, request(&profile_cmd::LIMITS))?;
+    // `hostscope profile` hands its flags to the same checks, through clap.
+    let mut args = vec!["hostscope", "profile"];
+    for (flag, key) in [
+        ("--seconds", "seconds"),
+        ("--pid", "pid"),
+        ("--frequency", "frequency"),
+    ] {
+        if let Some(value) = param(key) {
+            args.extend([flag, value]);
+        }
+    }
+    if let Ok(cli) = Cli::try_parse_from(&args)
+        && let Command::Profile(profile) = cli.command
+    {
+        let result = profile_cmd::LIMITS.request(
+            profile.seconds.as_deref(),
+            profile.pid.as_deref(),
+            profile.frequency.as_deref(),
+        );
+        within_limits(&profile_cmd::LIMITS, result)?;
+    }
+    hist_flags(param("interval"), param("count"))
+}
+
+/// The limits `hostscope serve` would run with, given these flag values.
+fn serve_limits(
+    max_seconds: Option<&str>,
+    max_frequency: Option<&str>,
+) -> Result<Limits, Violation> {
+    if max_seconds.is_none() && max_frequency.is_none() {
+        return Ok(DAEMON_LIMITS);
+    }
+    let mut args = vec!["hostscope", "serve"];
+    if let Some(value) = max_seconds {
+        args.extend(["--profile-max-seconds", value]);
+    }
+    if let Some(value) = max_frequency {
+        args.extend(["--profile-max-frequency", value]);
+    }
+    match Cli::try_parse_from(&args) {
+        Ok(Cli {
+            command: Command::Serve(serve),
+            ..
+        }) => Ok(Limits {
+            max_seconds: serve.profile_max_seconds,
+            max_frequency: serve.profile_max_frequency,
+        }),
+        Ok(other) => Err(Violation::Broken(format!(
+            "`serve` parsed as {:?}",
+            other.command
+        ))),
+        // A refused value ends the daemon at start-up; requests never see it.
+        Err(_) => Ok(DAEMON_LIMITS),
+    }
+}
+
+/// `hist --interval` (our own parser) and `--count` (clap's).
+fn hist_flags(interval: Option<&str>, count: Option<&str>) -> Result<(), Violation> {
+    if let Some(text) = interval {
+        match cli::parse_positive_seconds(text) {
+            // What `hist` does next with it.
+            Ok(seconds)
+                if std::time::Duration::try_from_secs_f64(seconds)
+                    .is_ok_and(|interval| !interval.is_zero()) => {}
+            Ok(seconds) => {
+                return Err(Violation::Broken(format!(
+                    "--interval {text:?} gave {seconds}"
+                )));
+            }
+            Err(reason) => one_line("the --interval error", &reason)?,
+        }
+    }
+    let mut args = vec!["hostscope", "hist", "sched"];
+    if let Some(value) = interval {
+        args.extend(["--interval", value]);
+    }
+    if let Some(value) = count {
+        args.extend(["--count", value]);
+    }
+    let _ = Cli::try_parse_from(&args);
+    Ok(())
+}
+
+/// A request is within its limits, or refused with one line.
+fn within_limits(limits: &Limits, result: Result<Request, ProfileError>) -> Result<(), Violation> {
+    match result {
+        Ok(request) => {
+            let Request {
+                seconds,
+                pid,
+                frequency,
+            } = request;
+            if !(1..=limits.max_seconds).contains(&seconds)
+                || !(1..=limits.max_frequency).contains(&frequency)
+                || pid == Some(0)
+            {
+                return Err(Violation::Broken(format!(
+                    "{request:?} accepted under {limits:?}"
+                )));
+            }
+            Ok(())
+        }
+        Err(ProfileError::BadRequest(reason)) => one_line("a refusal", &reason),
+        Err(
+            err
+            @ (ProfileError::Failed(_) | ProfileError::Busy { .. } | ProfileError::ShuttingDown),
+        ) => Err(Violation::Broken(format!(
+            "checking parameters failed instead of refusing them: {err}"
+        ))),
+    }
+}
+
+/// Queries a client or a script might send, good and bad.
+pub(super) fn seeds() -> Vec<Vec<u8>> {
+    [
+        "",
+        "seconds=5",
+        "seconds=5&pid=1&frequency=99",
+        "seconds=0&frequency=0",
+        "seconds=-3&pid=-1&frequency=-5",
+        "seconds=%2B7&pid=%201%20&frequency=1e3",
+        "seconds=99999999999999999999&pid=4294967296&frequency=18446744073709551616",
+        "seconds=61&frequency=1001",
+        "seconds=%0A5&pid=1%00&frequency=%E2%80%8B99",
+        "seconds=%EF%BC%95&pid=%D9%A1",
+        "seconds=3600&frequency=10000&max_seconds=3600&max_frequency=10000",
+        "max_seconds=0&max_frequency=0",
+        "max_seconds=18446744073709551615&max_frequency=-1",
+        "interval=0.5&count=3",
+        "interval=NaN&count=-1",
+        "interval=inf&count=18446744073709551616",
+        "interval=1e-320",
+        "seconds=5&seconds=6&pid&frequency=",
+    ]
+    .into_iter()
+    .map(|query| query.as_bytes().to_vec())
+    .collect()
+}

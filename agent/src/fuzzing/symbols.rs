@@ -99,8 +99,8 @@ fn memory_file(data: &[u8]) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Seeds: this process's own maps, a perf map, and small ELF files (this
-/// machine's `true`, if it can be read, cut to its first 64 KiB too).
+/// Seeds: this process's own maps, a perf map, and a small ELF file built
+/// from a few lines of C with `cc`, if there is one (whole, and cut short).
 pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = vec![
         ("maps", std::fs::read("/proc/self/maps").unwrap_or_default()),
@@ -118,9 +118,33 @@ pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 .to_vec(),
         ),
     ];
-    if let Ok(elf) = std::fs::read("/usr/bin/true") {
-        seeds.push(("elf", elf.get(..64 << 10).unwrap_or(&elf).to_vec()));
+    if let Some(elf) = tiny_elf() {
+        seeds.push(("elf", elf.get(..elf.len() / 2).unwrap_or(&elf).to_vec()));
         seeds.push(("elf", elf));
     }
     seeds
+}
+
+/// A static, symbol-rich, few-KiB ELF file: two functions, one C++-mangled.
+fn tiny_elf() -> Option<Vec<u8>> {
+    let dir = std::env::temp_dir().join(format!("hostscope-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let source = dir.join("tiny.c");
+    let out = dir.join("tiny");
+    std::fs::write(
+        &source,
+        "int _Z4workv(void) { return 42; }\n\
+         void _start(void) { for (;;) _Z4workv(); }\n",
+    )
+    .ok()?;
+    let built = std::process::Command::new("cc")
+        .args(["-Os", "-nostdlib", "-static", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .ok()?
+        .success();
+    let elf = built.then(|| std::fs::read(&out).ok()).flatten();
+    let _ = std::fs::remove_dir_all(&dir);
+    elf
 }

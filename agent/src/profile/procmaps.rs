@@ -21,6 +21,9 @@ pub struct Mapping {
     pub end: u64,
     /// Offset into the file of `start`.
     pub offset: u64,
+    /// Device (`major << 32 | minor`, as the maps file shows it) and inode
+    /// of the mapped file (0 for anonymous memory).
+    pub device: u64,
     /// Inode of the mapped file (0 for anonymous memory).
     pub inode: u64,
     /// The path as the process sees it (` (deleted)` removed), or a
@@ -78,7 +81,7 @@ fn parse_line(line: &[u8]) -> Option<Mapping> {
     let range = field()?;
     let perms = field()?;
     let offset = field()?;
-    let _dev = field()?;
+    let device = field()?;
     let inode = field()?;
     if perms.as_bytes().get(2) != Some(&b'x') {
         return None;
@@ -90,6 +93,8 @@ fn parse_line(line: &[u8]) -> Option<Mapping> {
         return None;
     }
     let inode: u64 = inode.parse().ok()?;
+    let (major, minor) = device.split_once(':')?;
+    let device = hex(major)? << 32 | hex(minor)?;
     let path = rest.trim_ascii_start();
     let (path, deleted) = match path.strip_suffix(b" (deleted)") {
         Some(path) => (path, true),
@@ -103,6 +108,7 @@ fn parse_line(line: &[u8]) -> Option<Mapping> {
         start,
         end,
         offset,
+        device,
         inode,
         path,
         deleted,

@@ -106,6 +106,9 @@ struct Processes {
     /// Open files, each once however many processes map it.
     files: Vec<OwnedFd>,
     by_inode: HashMap<(u64, u64), usize>,
+    /// Files already open, by device and inode as the maps file names them:
+    /// three hundred processes of one program open its files once.
+    by_mapping: HashMap<(u64, u64), usize>,
     /// How many files may be open at once.
     max_files: usize,
 }
@@ -117,6 +120,7 @@ impl Default for Processes {
             by_tgid: HashMap::new(),
             files: Vec::new(),
             by_inode: HashMap::new(),
+            by_mapping: HashMap::new(),
             max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
         }
     }
@@ -160,7 +164,13 @@ impl Processes {
     }
 
     fn open(&mut self, tgid: u32, mapping: &Mapping) -> Option<usize> {
-        if !mapping.is_file() || self.files.len() >= self.max_files {
+        if !mapping.is_file() {
+            return None;
+        }
+        if let Some(index) = self.by_mapping.get(&(mapping.device, mapping.inode)) {
+            return Some(*index);
+        }
+        if self.files.len() >= self.max_files {
             return None;
         }
         let fd = files::open_mapping(tgid, mapping)
@@ -174,6 +184,8 @@ impl Processes {
                 self.files.push(fd);
                 self.files.len() - 1
             });
+        self.by_mapping
+            .insert((mapping.device, mapping.inode), index);
         Some(index)
     }
 }
@@ -288,10 +300,11 @@ fn user_names(
                         }
                     }
                 }
-                Some((_, mapping)) if mapping.path.is_some() && process.perf_map.is_none() => {
+                Some((_, mapping)) if mapping.path.is_some() => {
                     // [vdso], [vsyscall]: named by what they are.
                     names.insert((tgid, addr), printable(&mapping.module_name()));
                 }
+                // Anonymous memory, or none: JIT code, if a perf map names it.
                 _ if process.perf_map.is_some() => by_perf_map.entry(tgid).or_default().push(addr),
                 _ => {}
             }

@@ -202,8 +202,14 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
     std::fs::copy(&lib, &lib_path).unwrap();
     std::fs::set_permissions(&lib_path, std::fs::Permissions::from_mode(0o666)).unwrap();
 
-    // Warm up: the first capture starts the sandbox, which keeps a socket.
-    assert_eq!(daemon.get("/stacks?seconds=1").0, 200);
+    // Warm up: the first capture with user frames starts the sandbox,
+    // which keeps a socket.
+    let warm = Running::build_and_start("hot_loop", programs::HOT_LOOP);
+    assert_eq!(
+        daemon.get(&format!("/stacks?seconds=1&pid={}", warm.pid)).0,
+        200
+    );
+    drop(warm);
     std::thread::sleep(Duration::from_millis(300));
     let pid = daemon.pid();
     let (threads, fds) = (
@@ -229,11 +235,19 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
     assert!(took < Duration::from_secs(7), "took {took:?}");
     assert_named(&body, "fifo_swap", "lib_spin_loop");
 
-    std::thread::sleep(Duration::from_millis(500));
-    let after = (
-        count_entries(&format!("/proc/{pid}/task")),
-        count_entries(&format!("/proc/{pid}/fd")),
-    );
+    // The capture's thread and files are released once its answer is
+    // sent, and the test's own connection once the daemon sees it close.
+    let counts = || {
+        (
+            count_entries(&format!("/proc/{pid}/task")),
+            count_entries(&format!("/proc/{pid}/fd")),
+        )
+    };
+    let settle = Instant::now() + Duration::from_secs(3);
+    while counts() != (threads, fds) && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = counts();
     assert_eq!(
         after,
         (threads, fds),
@@ -245,8 +259,9 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
 /// and CAP_DAC_READ_SEARCH: what ARCHITECTURE.md lists as kept.
 const RUNTIME_CAPS: u64 = 1 << 38 | 1 << 39 | 1 << 34 | 1 << 19 | 1 << 40 | 1 << 2;
 
-fn caps(pid: &str, set: &str) -> u64 {
-    u64::from_str_radix(&proc_status(pid, set), 16).unwrap()
+/// A capability set of a process or thread; `None` once it has exited.
+fn caps(pid: &str, set: &str) -> Option<u64> {
+    u64::from_str_radix(&proc_status(pid, set), 16).ok()
 }
 
 /// After start-up every thread of the daemon holds exactly the runtime set
@@ -257,37 +272,33 @@ fn caps(pid: &str, set: &str) -> u64 {
 fn capabilities_are_dropped_to_what_the_daemon_uses() {
     let daemon = Daemon::start("sched,block,tcp");
     let pid = daemon.pid();
-    let (status, body) = daemon.get("/stacks?seconds=1");
+    // User frames to name, so that the sandbox starts.
+    let hot = Running::build_and_start("hot_loop", programs::HOT_LOOP);
+    let (status, body) = daemon.get(&format!("/stacks?seconds=1&pid={}", hot.pid));
     assert_eq!(status, 200, "{body}");
     assert!(body.lines().count() > 0, "no stacks");
+    let mut checked = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = format!("{pid}/task/{}", task.unwrap().file_name().to_string_lossy());
-        for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(
-                caps(&task, set),
-                RUNTIME_CAPS,
-                "{set} of {task}: {:#x}",
-                caps(&task, set)
-            );
-        }
-        for set in ["CapInh", "CapAmb"] {
-            assert_eq!(caps(&task, set), 0, "{set} of {task}");
-        }
+        let sets = ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"].map(|set| caps(&task, set));
+        // A thread that ended since the directory was listed has nothing to check.
+        let [Some(eff), Some(prm), Some(bnd), Some(inh), Some(amb)] = sets else {
+            continue;
+        };
+        assert_eq!(
+            (eff, prm, bnd),
+            (RUNTIME_CAPS, RUNTIME_CAPS, RUNTIME_CAPS),
+            "effective, permitted and bounding sets of {task}"
+        );
+        assert_eq!((inh, amb), (0, 0), "inheritable and ambient sets of {task}");
+        checked += 1;
     }
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let sandbox = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|p| {
-            proc_status(&p.to_string(), "PPid") == pid.to_string()
-                && std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c.windows(19).any(|w| w == b"__symbolize-sandbox"))
-        })
-        .unwrap_or_else(|| panic!("no sandbox process under the daemon (children: {children})"));
-    let sandbox = sandbox.to_string();
+    assert!(checked >= 2, "only {checked} threads checked");
+    let sandbox = sandbox_of(&daemon)
+        .expect("a sandbox process under the daemon")
+        .to_string();
     for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
-        assert_eq!(caps(&sandbox, set), 0, "sandbox {set}");
+        assert_eq!(caps(&sandbox, set), Some(0), "sandbox {set}");
     }
     assert_eq!(proc_status(&sandbox, "NoNewPrivs"), "1");
     assert_eq!(proc_status(&sandbox, "Seccomp"), "2");

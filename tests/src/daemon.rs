@@ -190,3 +190,23 @@ pub fn proc_status(pid: &str, field: &str) -> String {
         .map(|value| value.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// The soft and hard values of one row of /proc/PID/limits, such as
+/// `Max open files` or `Max address space`.
+pub fn proc_limit(pid: &str, row: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(row))
+        .unwrap_or_else(|| panic!("no `{row}` in /proc/{pid}/limits:\n{limits}"));
+    let mut values = line[row.len()..].split_whitespace();
+    let soft = values.next().expect("soft limit").to_owned();
+    let hard = values.next().expect("hard limit").to_owned();
+    (soft, hard)
+}
+
+/// How many entries /proc/PID/DIR has (`fd`: open files, `task`: threads);
+/// 0 once the process is gone.
+pub fn proc_entries(pid: u32, dir: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, Iterator::count)
+}

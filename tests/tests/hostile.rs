@@ -19,7 +19,7 @@ use std::{
 };
 
 use hostscope_tests::{
-    daemon::{Daemon, proc_status},
+    daemon::{Daemon, proc_entries, proc_limit, proc_status},
     programs::{self, Running, SYSCALL_LOOP},
 };
 use object::{Object as _, ObjectSection as _};
@@ -176,10 +176,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).map_or(0, Iterator::count)
-}
-
 /// The process deletes its library and puts a FIFO at its path: a
 /// symbolizer that opens the path blocks forever. The profile answers within
 /// its length plus 5 s, still names the library's function (through the
@@ -212,10 +208,7 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
     drop(warm);
     std::thread::sleep(Duration::from_millis(300));
     let pid = daemon.pid();
-    let (threads, fds) = (
-        count_entries(&format!("/proc/{pid}/task")),
-        count_entries(&format!("/proc/{pid}/fd")),
-    );
+    let (threads, fds) = (proc_entries(pid, "task"), proc_entries(pid, "fd"));
 
     let mut swapper = Running::start_as_nobody(&exe, &[lib_path.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -237,12 +230,7 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
 
     // The capture's thread and files are released once its answer is
     // sent, and the test's own connection once the daemon sees it close.
-    let counts = || {
-        (
-            count_entries(&format!("/proc/{pid}/task")),
-            count_entries(&format!("/proc/{pid}/fd")),
-        )
-    };
+    let counts = || (proc_entries(pid, "task"), proc_entries(pid, "fd"));
     let settle = Instant::now() + Duration::from_secs(3);
     while counts() != (threads, fds) && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(50));
@@ -302,12 +290,9 @@ fn capabilities_are_dropped_to_what_the_daemon_uses() {
     }
     assert_eq!(proc_status(&sandbox, "NoNewPrivs"), "1");
     assert_eq!(proc_status(&sandbox, "Seccomp"), "2");
-    let limits = std::fs::read_to_string(format!("/proc/{sandbox}/limits")).unwrap();
-    assert!(
-        limits
-            .lines()
-            .any(|l| l.starts_with("Max address space") && l.contains("268435456")),
-        "{limits}"
+    assert_eq!(
+        proc_limit(&sandbox, "Max address space"),
+        ("268435456".to_owned(), "268435456".to_owned())
     );
 }
 

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostscope_tests::daemon::Daemon;
+use hostscope_tests::daemon::{Daemon, proc_entries, proc_limit};
 
 /// Idle connections held open against the daemon: more than its 1,024 files.
 const IDLE: usize = 1100;
@@ -59,25 +59,6 @@ fn raise_own_limit(needed: u64) {
         limit.rlim_cur = limit.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
-}
-
-/// The soft and hard "Max open files" of a process.
-fn open_files_limit(pid: u32) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files in /proc/PID/limits");
-    let mut fields = line.split_whitespace().skip(3);
-    let soft = fields.next().expect("soft limit").to_owned();
-    let hard = fields.next().expect("hard limit").to_owned();
-    (soft, hard)
-}
-
-fn open_files(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read the daemon's fd directory")
-        .count()
 }
 
 /// Whether the daemon has closed `stream` (without waiting).
@@ -148,11 +129,11 @@ fn idle_connections_do_not_starve_metrics() {
     raise_own_limit(IDLE as u64 + 200);
     let daemon = Daemon::spawn_configured("sched", &[], |c| limit_open_files(c, 1024, 1024));
     assert_eq!(
-        open_files_limit(daemon.pid()),
+        proc_limit(&daemon.pid().to_string(), "Max open files"),
         ("1024".into(), "1024".into()),
         "the scenario: the daemon may open 1,024 files"
     );
-    let before = open_files(daemon.pid());
+    let before = proc_entries(daemon.pid(), "fd");
 
     let idle: Vec<TcpStream> = (0..IDLE)
         .map(|i| {
@@ -181,7 +162,7 @@ fn idle_connections_do_not_starve_metrics() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let during = open_files(daemon.pid());
+    let during = proc_entries(daemon.pid(), "fd");
     println!(
         "{closed} of {IDLE} idle connections closed by the daemon; {before} files open before, {during} with them"
     );
@@ -207,7 +188,7 @@ fn idle_connections_do_not_starve_metrics() {
 fn soft_open_files_limit_is_raised_to_the_hard_limit() {
     let daemon = Daemon::spawn_configured("sched", &[], |c| limit_open_files(c, 1024, 4096));
     assert_eq!(
-        open_files_limit(daemon.pid()),
+        proc_limit(&daemon.pid().to_string(), "Max open files"),
         ("4096".into(), "4096".into())
     );
     assert!(

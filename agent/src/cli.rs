@@ -82,6 +82,9 @@ pub struct ServeArgs {
     pub web_max_connections: usize,
 
     #[command(flatten)]
+    pub maps: MapArgs,
+
+    #[command(flatten)]
     pub system: SystemArgs,
 }
 
@@ -140,6 +143,9 @@ pub struct HistArgs {
     pub format: HistFormat,
 
     #[command(flatten)]
+    pub maps: MapArgs,
+
+    #[command(flatten)]
     pub system: SystemArgs,
 }
 
@@ -149,6 +155,27 @@ pub enum HistFormat {
     Text,
     /// One JSON object per interval, for scripts.
     Json,
+}
+
+/// Sizes of the kernel maps whose right size depends on the host.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct MapArgs {
+    /// Block requests that can be timed at once, over all disks together.
+    /// Requests issued while this many are in flight are not measured; they
+    /// are counted in hostscope_block_io_dropped_total. Each costs about 100
+    /// bytes of kernel memory.
+    #[arg(long, env = "HOSTSCOPE_BLOCK_MAX_INFLIGHT", value_name = "N",
+          default_value_t = hostscope_common::block::BLOCK_START_ENTRIES,
+          value_parser = parse_max_inflight)]
+    pub block_max_inflight: u32,
+}
+
+impl Default for MapArgs {
+    fn default() -> Self {
+        Self {
+            block_max_inflight: hostscope_common::block::BLOCK_START_ENTRIES,
+        }
+    }
 }
 
 /// Where the kernel's interfaces live; the defaults are right on every usual system.
@@ -195,6 +222,12 @@ fn parse_count(text: &str, min: usize, max: usize, what: &str) -> Result<usize, 
 
 fn parse_max_connections(text: &str) -> Result<usize, String> {
     parse_count(text, 1, MAX_CONNECTIONS_LIMIT, "connections")
+}
+
+fn parse_max_inflight(text: &str) -> Result<u32, String> {
+    // 16 Mi requests, about 1.6 GiB of kernel memory: far beyond any host.
+    let n = parse_count(text, 1, 1 << 24, "requests in flight")?;
+    u32::try_from(n).map_err(|_| format!("`{text}` is too large"))
 }
 
 fn parse_max_queue(text: &str) -> Result<usize, String> {

@@ -18,7 +18,7 @@ use crate::{
 pub fn run(args: HistArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
-    let mut probes = Probes::load(&args.system.kernel_btf)?;
+    let mut probes = Probes::load(&args.system.kernel_btf, args.maps)?;
     let collectors = Collectors::start(&mut probes, &[args.collector]);
     if let Some(reason) = collectors
         .statuses
@@ -37,6 +37,12 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
             CollectorKind::Block => {
                 let block = collectors.block.as_ref().context("block is not running")?;
                 let snapshot = block.snapshot().context("reading the histogram maps")?;
+                let dropped = snapshot
+                    .series
+                    .iter()
+                    .fold(snapshot.dropped_unknown_disk, |sum, s| {
+                        sum.wrapping_add(s.dropped)
+                    });
                 let series = snapshot
                     .series
                     .into_iter()
@@ -45,7 +51,10 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
                         (labels, s.histogram)
                     })
                     .collect();
-                Ok(Reading::series(series))
+                Ok(Reading {
+                    series,
+                    counters: vec![("dropped", dropped)],
+                })
             }
             CollectorKind::Tcp => {
                 let tcp = collectors.tcp.as_ref().context("tcp is not running")?;

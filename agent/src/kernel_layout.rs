@@ -37,8 +37,11 @@ pub type Offsets = Vec<(&'static str, u32)>;
 /// Offsets the block I/O programs need, after checking every type they rely on.
 pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
     use block::offsets;
-    for tracepoint in ["block_rq_issue", "block_rq_complete"] {
+    for tracepoint in ["block_rq_issue", "block_rq_complete", "block_rq_requeue"] {
         takes_pointer_to(btf, tracepoint, "request")?;
+    }
+    if btf.enum_value("mq_rq_state", "MQ_RQ_IDLE").ok().flatten() != Some(0) {
+        return Err(LayoutError::Unexpected("MQ_RQ_IDLE is not 0".into()));
     }
     for (op, value) in [("READ", 0), ("WRITE", 1), ("FLUSH", 2), ("DISCARD", 3)] {
         let name = format!("REQ_OP_{op}");
@@ -61,6 +64,7 @@ pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
             offsets::REQUEST_CMD_FLAGS,
             field(btf, "request", "cmd_flags", 4)?,
         ),
+        (offsets::REQUEST_STATE, field(btf, "request", "state", 4)?),
         (
             offsets::QUEUE_DISK,
             pointer_field(btf, "request_queue", "disk", "gendisk")?,

@@ -146,12 +146,28 @@ impl Collector for ScrapeTime {
                             .zip(&snapshot.series)
                             .map(|(l, s)| (&l[..], &s.histogram)),
                     )?;
-                    encode_counter(
-                        &mut encoder,
+                    let mut dropped = encoder.encode_descriptor(
                         "hostscope_block_io_dropped",
-                        "Block requests not measured because a kernel map was full.",
-                        snapshot.dropped,
+                        "Block requests completed without a latency because more were in flight \
+                         than --block-max-inflight; with the histogram's count, every completed request.",
+                        None,
+                        MetricType::Counter,
                     )?;
+                    for (labels, series) in labels.iter().zip(&snapshot.series) {
+                        dropped
+                            .encode_family(labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&series.dropped, None)?;
+                    }
+                    // Only past 1,024 disk and operation pairs: rare enough
+                    // to appear only once it happens.
+                    if snapshot.dropped_unknown_disk > 0 {
+                        dropped
+                            .encode_family(&[("device", "unknown"), ("op", "unknown")])?
+                            .encode_counter::<NoLabelSet, _, u64>(
+                                &snapshot.dropped_unknown_disk,
+                                None,
+                            )?;
+                    }
                 }
                 Err(err) => tracing::warn!("reading the block I/O histograms failed: {err}"),
             }

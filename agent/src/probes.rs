@@ -3,7 +3,8 @@
 //! own maps, so that one collector failing leaves the others untouched.
 //! Dropping [`Probes`] detaches and unloads every program.
 
-use crate::kernel_layout;
+use crate::{cli::MapArgs, kernel_layout};
+use hostscope_common::block::BLOCK_START_MAP;
 
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
@@ -92,8 +93,8 @@ pub struct Probes {
 impl Probes {
     /// Loads the embedded object: creates its maps, loads no program yet.
     /// Struct layouts for programs that read kernel fields come from the
-    /// BTF at `kernel_btf`.
-    pub fn load(kernel_btf: &std::path::Path) -> Result<Self, LoadError> {
+    /// BTF at `kernel_btf`; the maps sized by the host are sized by `maps`.
+    pub fn load(kernel_btf: &std::path::Path, maps: MapArgs) -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         // Field offsets for the programs that read kernel structs; a
         // collector whose fields are missing is reported down later, alone.
@@ -121,7 +122,8 @@ impl Probes {
             .btf(Some(&btf))
             // Task storage has no typed wrapper in aya; only the kernel side
             // uses it, so letting aya create it untyped is all we need.
-            .allow_unsupported_maps();
+            .allow_unsupported_maps()
+            .map_max_entries(BLOCK_START_MAP, maps.block_max_inflight);
         for (name, offset) in &globals {
             loader.override_global(name, offset, true);
         }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{ProfileArgs, ProfileFormat},
+    cli::{MapArgs, ProfileArgs, ProfileFormat},
     privileges,
     probes::Probes,
     profile::{self, Limits, Profiler},
@@ -30,7 +30,10 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     )?;
     privileges::check()?;
     args.system.warn_unused();
-    let probes = Arc::new(Mutex::new(Probes::load(&args.system.kernel_btf)?));
+    let probes = Arc::new(Mutex::new(Probes::load(
+        &args.system.kernel_btf,
+        MapArgs::default(),
+    )?));
     let profiler = Profiler::new(probes, LIMITS)?;
     // As the daemon does: nothing that reads other processes' files runs
     // with more than it needs.

@@ -43,7 +43,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
 
-    let mut probes = Probes::load(&args.system.kernel_btf)?;
+    let mut probes = Probes::load(&args.system.kernel_btf, args.maps)?;
     let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
     probes.release_btf();
     let probes = Arc::new(Mutex::new(probes));

@@ -2,8 +2,14 @@
 
 /// Per-CPU hash map: [`BlockKey`] -> [`crate::histogram::Histogram`].
 pub const BLOCK_LATENCY_MAP: &str = "BLOCK_LATENCY";
-/// Per-CPU array, one `u64`: requests not measured because a map was full.
+/// Hash map: `struct request *` -> issue time, sized by `--block-max-inflight`.
+pub const BLOCK_START_MAP: &str = "BLOCK_START";
+/// Per-CPU hash map: [`BlockKey`] -> `u64`, requests completed without a
+/// latency because a map was full when they were issued.
 pub const BLOCK_DROPPED_MAP: &str = "BLOCK_DROPPED";
+/// Per-CPU array, one `u64`: dropped requests that could not be counted
+/// under their disk either (their disk or the dropped map was full).
+pub const BLOCK_DROPPED_UNKEYED_MAP: &str = "BLOCK_DROPPED_UNKEYED";
 
 /// Distinct (disk, operation) histograms the kernel keeps at most.
 pub const BLOCK_LATENCY_ENTRIES: u32 = 1024;
@@ -13,10 +19,16 @@ pub const BLOCK_LATENCY_ENTRIES: u32 = 1024;
 pub const BLOCK_START_ENTRIES: u32 = 10_240;
 
 /// The programs, paired with the BTF tracepoints they attach to.
-pub const BLOCK_PROGRAMS: [(&str, &str); 2] = [
+pub const BLOCK_PROGRAMS: [(&str, &str); 3] = [
     ("block_rq_issue", "block_rq_issue"),
     ("block_rq_complete", "block_rq_complete"),
+    ("block_rq_requeue", "block_rq_requeue"),
 ];
+
+/// The value a start-map entry holds for a request that was issued while
+/// the map was full, counted as dropped then, and requeued: its next issue
+/// must neither time it nor count it again.
+pub const BLOCK_UNTIMED: u64 = u64::MAX;
 
 /// Names of the load-time constants: byte offsets of the kernel fields the
 /// completion program reads, found in the kernel's BTF by the daemon.
@@ -25,6 +37,8 @@ pub mod offsets {
     pub const REQUEST_Q: &str = "BLOCK_OFF_REQUEST_Q";
     /// `struct request.cmd_flags`
     pub const REQUEST_CMD_FLAGS: &str = "BLOCK_OFF_REQUEST_CMD_FLAGS";
+    /// `struct request.state` (`enum mq_rq_state`; 0 is `MQ_RQ_IDLE`)
+    pub const REQUEST_STATE: &str = "BLOCK_OFF_REQUEST_STATE";
     /// `struct request_queue.disk`
     pub const QUEUE_DISK: &str = "BLOCK_OFF_QUEUE_DISK";
     /// `struct gendisk.major`, followed by `first_minor`.

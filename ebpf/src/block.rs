@@ -4,23 +4,37 @@
 //!
 //! The start time is keyed by the `struct request` pointer: exact under
 //! concurrency and merges (a merged bio joins a request; the request is
-//! timed once), and a requeued request simply restarts at its next issue.
-//! blk-mq preallocates requests per tag and reuses them, so an entry left by
-//! a request whose completion was never seen is overwritten at the tag's next
-//! use rather than kept forever. At completion, the disk and operation are
-//! read from the request through field offsets the daemon found in the
-//! kernel's BTF (no CO-RE in Rust eBPF yet).
+//! timed once). blk-mq preallocates requests per tag and reuses them, so an
+//! entry left by a request whose completion was never seen is overwritten at
+//! the tag's next use rather than kept forever. At completion, the disk and
+//! operation are read from the request through field offsets the daemon
+//! found in the kernel's BTF (no CO-RE in Rust eBPF yet).
+//!
+//! Every request is either measured or counted as dropped, once:
+//! - A request issued while the start map is full is counted as dropped at
+//!   that issue, under its disk and operation.
+//! - A driver may bounce a started request back (`block_rq_requeue`) and
+//!   the block layer issues it again. A timed request keeps its entry and is
+//!   timed from its last issue. An untimed one gets a [`BLOCK_UNTIMED`]
+//!   entry, so that its next issue neither times it nor counts it twice.
+//! - A request can trace more than one completion (a partial completion, or
+//!   the data part and then the end of a flush sequence): the first one with
+//!   an entry measures it, the later ones find none.
 
 use crate::maps::{count, read_at};
 use aya_ebpf::{
     Global,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
-    block::{BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BlockKey, MINOR_BITS, REQ_OP_MASK},
+    block::{
+        BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BLOCK_UNTIMED, BlockKey, MINOR_BITS,
+        REQ_OP_MASK,
+    },
     histogram::Histogram,
 };
 
@@ -29,11 +43,17 @@ static BLOCK_OFF_REQUEST_Q: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static BLOCK_OFF_REQUEST_CMD_FLAGS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
+static BLOCK_OFF_REQUEST_STATE: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
 static BLOCK_OFF_QUEUE_DISK: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static BLOCK_OFF_DISK_MAJOR: Global<u32> = Global::new(0);
 
-/// Issue time (monotonic ns) by `struct request *`.
+/// `EEXIST`, as map updates with `BPF_NOEXIST` return it (negated).
+const EEXIST: i32 = 17;
+
+/// Issue time (monotonic ns) by `struct request *`, or [`BLOCK_UNTIMED`].
+/// The daemon sizes it (`--block-max-inflight`).
 #[map(name = "BLOCK_START")]
 static BLOCK_START: HashMap<u64, u64> = HashMap::with_max_entries(BLOCK_START_ENTRIES, 0);
 
@@ -47,9 +67,21 @@ static BLOCK_LATENCY: PerCpuHashMap<BlockKey, Histogram> =
 #[map(name = "BLOCK_ZERO")]
 static BLOCK_ZERO: Array<Histogram> = Array::with_max_entries(1, 0);
 
-/// Requests not measured because a map was full.
+/// Requests not measured because a map was full, per (disk, operation).
 #[map(name = "BLOCK_DROPPED")]
-static BLOCK_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BLOCK_DROPPED: PerCpuHashMap<BlockKey, u64> =
+    PerCpuHashMap::with_max_entries(BLOCK_LATENCY_ENTRIES, 0);
+
+/// Dropped requests that could not be counted under their disk: slot 0
+/// counted at issue, slot 1 at completion. Each program has its own slot
+/// (and only the issue program writes [`BLOCK_DROPPED`]) because one can
+/// interrupt the other on a CPU, and a per-CPU `+= 1` is not atomic.
+#[map(name = "BLOCK_DROPPED_UNKEYED")]
+static BLOCK_DROPPED_UNKEYED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// [`BLOCK_DROPPED_UNKEYED`] slots.
+const UNKEYED_AT_ISSUE: u32 = 0;
+const UNKEYED_AT_COMPLETION: u32 = 1;
 
 /// `block_rq_issue(struct request *rq)`
 #[btf_tracepoint(function = "block_rq_issue")]
@@ -57,8 +89,35 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if BLOCK_START.insert(rq, now, 0).is_err() {
-        count(&BLOCK_DROPPED, 0);
+    match BLOCK_START.insert(rq, now, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // A requeued request issued again, or a stale entry.
+        Err(err) if err == -EEXIST => {
+            // SAFETY: the value is copied out at once.
+            let untimed = unsafe { BLOCK_START.get(rq) }.is_some_and(|&v| v == BLOCK_UNTIMED);
+            if !untimed {
+                // Replacing an existing entry cannot fail for lack of room.
+                let _ = BLOCK_START.insert(rq, now, u64::from(BPF_EXIST));
+            }
+        }
+        Err(_) => count_dropped_at_issue(rq),
+    }
+    0
+}
+
+/// `block_rq_requeue(struct request *rq)`
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    // A request bounced before it was started was never issued: nothing to do.
+    let Some(state) = read_at::<u32>(rq, BLOCK_OFF_REQUEST_STATE.load()) else {
+        return 0;
+    };
+    // SAFETY: only tested for presence.
+    if state != 0 && unsafe { BLOCK_START.get(rq) }.is_none() {
+        // Issued untimed: already counted as dropped. If there is no room
+        // for the mark, its next issue may count it a second time.
+        let _ = BLOCK_START.insert(rq, BLOCK_UNTIMED, u64::from(BPF_NOEXIST));
     }
     0
 }
@@ -72,9 +131,13 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let _ = BLOCK_START.remove(rq);
+    if issued == BLOCK_UNTIMED {
+        return 0;
+    }
     // SAFETY: the helper has no preconditions.
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(issued);
     let Some(key) = request_key(rq) else {
+        count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
         return 0;
     };
     let histogram = match BLOCK_LATENCY.get_ptr_mut(key) {
@@ -89,7 +152,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
             match BLOCK_LATENCY.get_ptr_mut(key) {
                 Some(histogram) => histogram,
                 None => {
-                    count(&BLOCK_DROPPED, 0);
+                    count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
                     return 0;
                 }
             }
@@ -98,6 +161,27 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's copy; BPF programs do not migrate mid-run.
     unsafe { crate::histogram::record(&mut *histogram, latency) };
     0
+}
+
+/// Counts a request issued untimed, under its disk and operation if there
+/// is room for them.
+#[inline(always)]
+fn count_dropped_at_issue(rq: u64) {
+    let Some(key) = request_key(rq) else {
+        count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_ISSUE);
+        return;
+    };
+    if BLOCK_DROPPED.get_ptr_mut(key).is_none() {
+        // Only this CPU's copy is written: a racing insert from another CPU
+        // leaves that CPU's copy alone.
+        let _ = BLOCK_DROPPED.insert(key, 0, 0);
+    }
+    match BLOCK_DROPPED.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy, written only by this program, which the
+        // kernel never runs nested on one CPU.
+        Some(dropped) => unsafe { *dropped += 1 },
+        None => count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_ISSUE),
+    }
 }
 
 /// The disk (as `(major << 20) | first_minor`) and operation of a request.

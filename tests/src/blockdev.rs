@@ -95,6 +95,55 @@ impl LoopDevice {
     }
 }
 
+/// What fio completed, per direction.
+#[derive(Debug, Clone, Copy)]
+pub struct FioTotals {
+    /// Reads fio saw complete.
+    pub reads: u64,
+    /// Writes fio saw complete.
+    pub writes: u64,
+}
+
+impl LoopDevice {
+    /// fio: random 4 KiB direct reads and writes, half each, `jobs` jobs of
+    /// `iodepth` requests in flight (libaio) for `seconds`.
+    pub fn fio(&self, iodepth: u32, jobs: u32, seconds: u32) -> FioTotals {
+        let output = Command::new("fio")
+            .args([
+                "--name=hostscope-test",
+                "--rw=randrw",
+                "--bs=4k",
+                "--direct=1",
+                "--ioengine=libaio",
+                "--time_based",
+                "--group_reporting",
+                "--output-format=json",
+            ])
+            .arg(format!("--filename={}", self.path()))
+            .arg(format!("--iodepth={iodepth}"))
+            .arg(format!("--numjobs={jobs}"))
+            .arg(format!("--runtime={seconds}"))
+            .output()
+            .expect("fio runs (cargo xtask test installs it)");
+        assert!(
+            output.status.success(),
+            "fio failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("fio's JSON report");
+        let total = |direction: &str| {
+            report["jobs"][0][direction]["total_ios"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {direction} total_ios in fio's report"))
+        };
+        FioTotals {
+            reads: total("read"),
+            writes: total("write"),
+        }
+    }
+}
+
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         if self.attached {

@@ -146,10 +146,105 @@ fn labels_are_disk_names_and_known_ops() {
             "unknown op {op:?}"
         );
     }
-    assert_eq!(
-        exposition.value("hostscope_block_io_dropped_total", &[]),
-        Some(0.0)
+    // Nothing dropped with the default start map: every series that has a
+    // histogram has a dropped counter, and it is 0.
+    let dropped: Vec<_> = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == "hostscope_block_io_dropped_total")
+        .collect();
+    assert!(
+        !dropped.is_empty(),
+        "no hostscope_block_io_dropped_total series"
     );
+    for sample in dropped {
+        assert_eq!(sample.value, 0.0, "dropped with room to spare: {sample:?}");
+    }
+}
+
+/// How far below the kernel's completion count ours may fall under fio at
+/// high queue depth: 0.1%. Under such load the kernel sometimes runs the
+/// BPF programs attached to `block_rq_complete` for fewer completions than
+/// it accounts. bpftrace counting the same tracepoint misses exactly the
+/// same ones (measured on 6.18: 0 to 49 of 120,000 reads, up to 0.04%, in
+/// about half of 5 s runs). Never above the kernel's count: that would be a
+/// request measured or counted twice.
+fn assert_counts_every_completion(what: &str, measured: u64, dropped: u64, kernel: u64) {
+    let ours = measured + dropped;
+    println!("{what}: measured {measured} + dropped {dropped} = {ours}; kernel {kernel}");
+    assert!(
+        ours <= kernel,
+        "{what}: measured {measured} + dropped {dropped} exceeds the kernel's {kernel} completions"
+    );
+    assert!(
+        kernel - ours <= kernel / 1000,
+        "{what}: measured {measured} + dropped {dropped} is {} short of the kernel's {kernel}",
+        kernel - ours
+    );
+}
+
+/// Reads and writes measured and dropped on `device` between two scrapes.
+fn counted(before: &Exposition, after: &Exposition, device: &str, op: &str) -> (u64, u64) {
+    let measured = series(after, device, op).count - series(before, device, op).count;
+    let dropped = |e: &Exposition| {
+        e.value(
+            "hostscope_block_io_dropped_total",
+            &[("device", device), ("op", op)],
+        )
+        .unwrap_or(0.0)
+    };
+    (measured as u64, (dropped(after) - dropped(before)) as u64)
+}
+
+/// fio at iodepth 256 x 4 jobs on one loop device (1,024 requests wanted in
+/// flight, 128 tags): every completion /sys/block/loopN/stat counts is
+/// measured, under its operation, and none is dropped.
+#[test]
+fn deep_queue_counts_match_diskstats() {
+    let daemon = Daemon::start("block");
+    let device = LoopDevice::create(256);
+    let name = device.name.clone();
+    let (kernel_before, before) = (DiskStat::read(&name), daemon.scrape());
+    let fio = device.fio(256, 4, 4);
+    let (kernel_after, after) = (DiskStat::read(&name), daemon.scrape());
+    let kernel = |f: fn(&DiskStat) -> u64| f(&kernel_after) - f(&kernel_before);
+    assert_eq!(
+        kernel(|s| s.reads),
+        fio.reads,
+        "fio's reads vs the kernel's"
+    );
+    assert_eq!(
+        kernel(|s| s.writes),
+        fio.writes,
+        "fio's writes vs the kernel's"
+    );
+    for (op, completed) in [("read", fio.reads), ("write", fio.writes)] {
+        let (measured, dropped) = counted(&before, &after, &name, op);
+        assert_eq!(dropped, 0, "{op}s dropped with the default start map");
+        assert_counts_every_completion(op, measured, dropped, completed);
+    }
+}
+
+/// With room to time only 32 requests at once, most of fio's are dropped,
+/// and each is counted once under its disk and operation: measured plus
+/// dropped is the kernel's count.
+#[test]
+fn small_start_map_counts_every_request_once() {
+    let daemon = Daemon::start_with("block", &["--block-max-inflight", "32"]);
+    let device = LoopDevice::create(256);
+    let name = device.name.clone();
+    let before = daemon.scrape();
+    let fio = device.fio(256, 4, 4);
+    let after = daemon.scrape();
+    for (op, completed) in [("read", fio.reads), ("write", fio.writes)] {
+        let (measured, dropped) = counted(&before, &after, &name, op);
+        assert!(
+            dropped > completed / 10,
+            "only {dropped} of {completed} {op}s dropped: the start map was not full"
+        );
+        assert!(measured > 0, "no {op} measured at all");
+        assert_counts_every_completion(op, measured, dropped, completed);
+    }
 }
 
 /// `hostscope hist block` counts the reads done on a fresh loop device

@@ -72,9 +72,9 @@ fn port_in_use_is_a_usage_error_with_one_line() {
     assert!(errors[0].contains("--listen"), "says what to do: {stderr}");
 }
 
-/// A connection limit or profile queue that is not a number in range is a
-/// usage error in one line naming the flag, from the command line or the
-/// environment.
+/// A connection limit, profile queue or block start map size that is not a
+/// number in range is a usage error in one line naming the flag, from the
+/// command line or the environment.
 #[test]
 fn bad_connection_limit_and_queue_are_usage_errors() {
     for (args, env, flag) in [
@@ -89,6 +89,12 @@ fn bad_connection_limit_and_queue_are_usage_errors() {
             "--web.max-connections",
         ),
         (&["--profile-max-queue=-1"], None, "--profile-max-queue"),
+        (&["--block-max-inflight", "0"], None, "--block-max-inflight"),
+        (
+            &[],
+            Some(("HOSTSCOPE_BLOCK_MAX_INFLIGHT", "99999999999")),
+            "--block-max-inflight",
+        ),
         (
             &[],
             Some(("HOSTSCOPE_WEB_MAX_CONNECTIONS", "0")),

@@ -106,12 +106,14 @@ pub fn kernel() -> anyhow::Result<()> {
 
 /// Tools the integration tests call: bpftool (which programs are loaded),
 /// setpriv (running hostscope without privileges), losetup (loop devices),
-/// ip (network namespaces), cc (test programs) and go (`go tool pprof`).
+/// fio (deep block queues), ip (network namespaces), cc (test programs) and
+/// go (`go tool pprof`).
 pub fn test_tools() -> anyhow::Result<()> {
     apt_install_missing(&[
         ("bpftool", "bpftool"),
         ("setpriv", "util-linux"),
         ("losetup", "mount"),
+        ("fio", "fio"),
         ("ip", "iproute2"),
         ("cc", "gcc"),
         ("go", "golang-go"),

@@ -8,7 +8,10 @@ use std::{
 
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use hostscope_common::{
-    block::{BLOCK_DROPPED_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey, MINOR_BITS, op_name},
+    block::{
+        BLOCK_DROPPED_MAP, BLOCK_DROPPED_UNKEYED_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey,
+        MINOR_BITS, op_name,
+    },
     histogram::Histogram,
 };
 
@@ -24,6 +27,10 @@ pub struct BlockSeries {
     pub op: &'static str,
     /// Everything recorded since attach (or since the disk appeared).
     pub histogram: Histogram,
+    /// Requests completed without a latency because the start map was full
+    /// when they were issued. With the histogram's count, the requests
+    /// completed: the kernel's own count in /sys/block/NAME/stat.
+    pub dropped: u64,
 }
 
 /// Everything the block collector reports at one instant.
@@ -31,8 +38,9 @@ pub struct BlockSeries {
 pub struct BlockSnapshot {
     /// Per (disk, op), sorted by disk then op.
     pub series: Vec<BlockSeries>,
-    /// Requests not measured because a kernel map was full.
-    pub dropped: u64,
+    /// Requests not measured that could not be counted under their disk
+    /// (more disks and operations than the kernel maps hold).
+    pub dropped_unknown_disk: u64,
 }
 
 /// Reads the block histograms the kernel fills.
@@ -40,7 +48,8 @@ pub struct BlockCollector {
     // Behind a mutex only so that entries of vanished disks can be removed
     // during a scrape, which takes `&self`.
     latency: Mutex<PerCpuHashMap<MapData, BlockKey, Histogram>>,
-    dropped: PerCpuArray<MapData, u64>,
+    dropped: Mutex<PerCpuHashMap<MapData, BlockKey, u64>>,
+    dropped_unkeyed: PerCpuArray<MapData, u64>,
     names: Mutex<NameCache>,
 }
 
@@ -72,10 +81,12 @@ impl BlockCollector {
         probes.check_layout("block")?;
         let latency = probes.take_map(BLOCK_LATENCY_MAP)?;
         let dropped = probes.take_map(BLOCK_DROPPED_MAP)?;
+        let dropped_unkeyed = probes.take_map(BLOCK_DROPPED_UNKEYED_MAP)?;
         probes.attach_btf_tracepoints(&BLOCK_PROGRAMS)?;
         Ok(Self {
             latency: Mutex::new(latency),
-            dropped,
+            dropped: Mutex::new(dropped),
+            dropped_unkeyed,
             names: Mutex::default(),
         })
     }
@@ -84,15 +95,10 @@ impl BlockCollector {
     /// no longer exist are dropped from the map (and so from /metrics): a
     /// loop device detached and attached again starts afresh.
     pub fn snapshot(&self) -> Result<BlockSnapshot, MapError> {
-        let mut latency = self
-            .latency
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut names = self
-            .names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut merged: BTreeMap<(String, &'static str), Histogram> = BTreeMap::new();
+        let mut latency = lock(&self.latency);
+        let mut dropped = lock(&self.dropped);
+        let mut names = lock(&self.names);
+        let mut merged: BTreeMap<(String, &'static str), (Histogram, u64)> = BTreeMap::new();
         let mut gone = Vec::new();
         for entry in latency.iter() {
             let (key, per_cpu) = entry?;
@@ -102,24 +108,58 @@ impl BlockCollector {
             };
             merged
                 .entry((device, op_name(key.op)))
-                .or_insert(Histogram::ZERO)
+                .or_insert((Histogram::ZERO, 0))
+                .0
                 .merge(&Histogram::total(per_cpu.iter()));
         }
+        let mut dropped_gone = Vec::new();
+        for entry in dropped.iter() {
+            let (key, per_cpu) = entry?;
+            let Some(device) = names.get(key.dev) else {
+                dropped_gone.push(key);
+                continue;
+            };
+            let count = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+            let slot = &mut merged
+                .entry((device, op_name(key.op)))
+                .or_insert((Histogram::ZERO, 0))
+                .1;
+            *slot = slot.wrapping_add(count);
+        }
+        // Already gone (another scrape removed it) is fine.
         for key in gone {
-            // Already gone (another scrape removed it) is fine.
             let _ = latency.remove(&key);
+        }
+        for key in dropped_gone {
+            let _ = dropped.remove(&key);
         }
         let series = merged
             .into_iter()
-            .map(|((device, op), histogram)| BlockSeries {
+            .map(|((device, op), (histogram, dropped))| BlockSeries {
                 device,
                 op,
                 histogram,
+                dropped,
             })
             .collect();
-        let dropped = self.dropped.get(&0, 0)?.iter().sum();
-        Ok(BlockSnapshot { series, dropped })
+        let mut dropped_unknown_disk = 0u64;
+        for slot in 0..2 {
+            for n in self.dropped_unkeyed.get(&slot, 0)?.iter() {
+                dropped_unknown_disk = dropped_unknown_disk.wrapping_add(*n);
+            }
+        }
+        Ok(BlockSnapshot {
+            series,
+            dropped_unknown_disk,
+        })
     }
+}
+
+/// Locks `mutex`, whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The kernel's name for a disk (`DEVNAME` in its uevent), if it exists

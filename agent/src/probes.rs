@@ -290,3 +290,80 @@ fn first_line(err: &ProgramError) -> String {
         _ => headline.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use hostscope_common::{block, profile, sched, tcp};
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    use super::OBJECT;
+
+    /// Every map, program and load-time constant the agent names is in the
+    /// embedded object: a renamed map or program fails `cargo test`, without
+    /// root, instead of failing to attach on a host.
+    #[test]
+    fn embedded_object_has_every_name_the_agent_uses() {
+        let file = object::File::parse(OBJECT).expect("the embedded eBPF object parses");
+        let symbols: HashSet<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        let maps = [
+            block::BLOCK_LATENCY_MAP,
+            block::BLOCK_START_MAP,
+            block::BLOCK_DROPPED_MAP,
+            block::BLOCK_DROPPED_UNKEYED_MAP,
+            sched::RUNQ_LATENCY_MAP,
+            tcp::TCP_LATENCY_MAP,
+            tcp::TCP_COUNTERS_MAP,
+            profile::PROFILE_STACKS_MAP,
+            profile::PROFILE_COUNTS_MAP,
+            profile::PROFILE_COMMS_MAP,
+            profile::PROFILE_FILTER_MAP,
+            profile::PROFILE_DROPPED_MAP,
+        ];
+        let mut programs = vec![profile::PROFILE_PROGRAM];
+        for list in [
+            &block::BLOCK_PROGRAMS,
+            &sched::SCHED_PROGRAMS,
+            &tcp::TCP_PROGRAMS,
+        ] {
+            programs.extend(list.iter().map(|(program, _)| *program));
+        }
+        let globals = [
+            block::offsets::REQUEST_Q,
+            block::offsets::REQUEST_CMD_FLAGS,
+            block::offsets::REQUEST_STATE,
+            block::offsets::QUEUE_DISK,
+            block::offsets::DISK_MAJOR,
+            tcp::offsets::TCP_SOCK_SRTT_US,
+            tcp::offsets::SOCK_PROTOCOL,
+        ];
+        let missing: Vec<&str> = maps
+            .iter()
+            .chain(&programs)
+            .chain(&globals)
+            .copied()
+            .filter(|name| !symbols.contains(name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "named by the agent but not in the eBPF object: {missing:?}"
+        );
+        // Programs live in their own sections; maps in the `maps` section.
+        let maps_section = file
+            .section_by_name("maps")
+            .expect("the object has a maps section")
+            .index();
+        for symbol in file.symbols() {
+            if let Ok(name) = symbol.name()
+                && maps.contains(&name)
+            {
+                assert_eq!(
+                    symbol.section_index(),
+                    Some(maps_section),
+                    "{name} is not a map"
+                );
+            }
+        }
+    }
+}

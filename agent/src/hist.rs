@@ -8,7 +8,7 @@ use hostscope_common::histogram::Histogram;
 
 use crate::{
     cli::{HistArgs, HistFormat},
-    collector::{CollectorKind, Collectors},
+    collector::{CollectorKind, Collectors, Family, Labels, Values},
     privileges,
     probes::Probes,
     render,
@@ -27,52 +27,10 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     {
         bail!("the {} collector could not start: {reason}", args.collector);
     }
-    let read = || -> anyhow::Result<Reading> {
-        match args.collector {
-            CollectorKind::Sched => {
-                let sched = collectors.sched.as_ref().context("sched is not running")?;
-                let histogram = sched.snapshot().context("reading the histogram map")?;
-                Ok(Reading::series(vec![(Vec::new(), histogram)]))
-            }
-            CollectorKind::Block => {
-                let block = collectors.block.as_ref().context("block is not running")?;
-                let snapshot = block.snapshot().context("reading the histogram maps")?;
-                let dropped = snapshot
-                    .series
-                    .iter()
-                    .fold(snapshot.dropped_unknown_disk, |sum, s| {
-                        sum.wrapping_add(s.dropped)
-                    });
-                let series = snapshot
-                    .series
-                    .into_iter()
-                    .map(|s| {
-                        let labels = vec![("device", s.device), ("op", s.op.to_owned())];
-                        (labels, s.histogram)
-                    })
-                    .collect();
-                Ok(Reading {
-                    series,
-                    counters: vec![("dropped", dropped)],
-                })
-            }
-            CollectorKind::Tcp => {
-                let tcp = collectors.tcp.as_ref().context("tcp is not running")?;
-                let snapshot = tcp.snapshot().context("reading the TCP maps")?;
-                Ok(Reading {
-                    series: vec![
-                        (vec![("histogram", "rtt".to_owned())], snapshot.rtt),
-                        (vec![("histogram", "connect".to_owned())], snapshot.connect),
-                    ],
-                    counters: vec![
-                        ("connect_failures", snapshot.connect_failures),
-                        ("retransmits", snapshot.retransmits),
-                        ("connect_dropped", snapshot.connect_dropped),
-                    ],
-                })
-            }
-        }
-    };
+    let collector = collectors
+        .get(args.collector)
+        .with_context(|| format!("{} is not running", args.collector))?;
+    let read = || collector.read().context("reading the collector's maps");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -80,7 +38,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let interval = Duration::from_secs_f64(args.interval);
     if args.format == HistFormat::Text {
-        eprintln!("Tracing {}... Hit Ctrl-C to end.", title(args.collector));
+        eprintln!("Tracing {}... Hit Ctrl-C to end.", args.collector.title());
     }
 
     let mut previous = read()?;
@@ -95,25 +53,8 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         });
         let now = read()?;
         let elapsed = started.elapsed().as_secs_f64();
-        if now.series.is_empty() && args.format == HistFormat::Text {
-            print_idle(args.collector, elapsed);
-        }
-        for (labels, histogram) in &now.series {
-            let before = previous
-                .series
-                .iter()
-                .find(|(l, _)| l == labels)
-                .map_or(Histogram::ZERO, |(_, h)| *h);
-            print(&args, labels, &histogram.since(&before), elapsed)?;
-        }
-        if !now.counters.is_empty() {
-            let deltas: Vec<(&str, u64)> = now
-                .counters
-                .iter()
-                .zip(&previous.counters)
-                .map(|((name, now), (_, then))| (*name, now.wrapping_sub(*then)))
-                .collect();
-            print_counters(&args, &deltas, elapsed)?;
+        for line in interval_lines(args.format, args.collector, &previous, &now, elapsed)? {
+            print_line(&line);
         }
         printed += 1;
         if interrupted {
@@ -125,97 +66,244 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn title(kind: CollectorKind) -> &'static str {
-    match kind {
-        CollectorKind::Sched => "run-queue latency",
-        CollectorKind::Block => "block I/O latency",
-        CollectorKind::Tcp => "TCP latency",
-    }
-}
-
 #[expect(
     clippy::print_stdout,
-    reason = "printing the histogram is this command's job"
+    reason = "printing the histograms is this command's job"
 )]
-fn print_idle(kind: CollectorKind, elapsed: f64) {
-    println!("{} over {elapsed:.2} s: no events\n", title(kind));
+fn print_line(line: &str) {
+    println!("{line}");
 }
 
-/// Label pairs and the histogram they name.
-type Series = (Vec<(&'static str, String)>, Histogram);
-
-/// One reading of a collector: its histograms and its counters (totals).
-struct Reading {
-    series: Vec<Series>,
-    counters: Vec<(&'static str, u64)>,
-}
-
-impl Reading {
-    fn series(series: Vec<Series>) -> Self {
-        Self {
-            series,
-            counters: Vec::new(),
+/// What one interval prints: a table (or JSON object) per histogram series,
+/// then one line of counters. `previous` and `now` are two readings of the
+/// same collector; what is printed is their difference.
+fn interval_lines(
+    format: HistFormat,
+    kind: CollectorKind,
+    previous: &[Family],
+    now: &[Family],
+    elapsed: f64,
+) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let histogram_families = now
+        .iter()
+        .filter(|f| matches!(f.values, Values::Histograms(_)))
+        .count();
+    let mut any_series = false;
+    let mut counters: Vec<(&str, u64)> = Vec::new();
+    for family in now {
+        let before = previous.iter().find(|f| f.name == family.name);
+        match &family.values {
+            Values::Histograms(series) => {
+                for (labels, histogram) in series {
+                    any_series = true;
+                    let earlier = match before.map(|f| &f.values) {
+                        Some(Values::Histograms(earlier)) => earlier
+                            .iter()
+                            .find(|(l, _)| l == labels)
+                            .map_or(Histogram::ZERO, |(_, h)| *h),
+                        _ => Histogram::ZERO,
+                    };
+                    // A collector with several histograms names which one.
+                    let mut shown: Labels = Vec::new();
+                    if histogram_families > 1 {
+                        shown.push(("histogram", family.short.to_owned()));
+                    }
+                    shown.extend(labels.iter().cloned());
+                    lines.push(series_line(
+                        format,
+                        kind,
+                        &shown,
+                        &histogram.since(&earlier),
+                        elapsed,
+                    )?);
+                }
+            }
+            Values::Counters(series) => {
+                let total = |series: &[(Labels, u64)]| {
+                    series.iter().fold(0u64, |sum, (_, v)| sum.wrapping_add(*v))
+                };
+                let then = match before.map(|f| &f.values) {
+                    Some(Values::Counters(earlier)) => total(earlier),
+                    _ => 0,
+                };
+                counters.push((family.short, total(series).wrapping_sub(then)));
+            }
         }
     }
+    if !any_series && format == HistFormat::Text {
+        lines.push(format!("{} over {elapsed:.2} s: no events\n", kind.title()));
+    }
+    if !counters.is_empty() {
+        lines.push(counters_line(format, kind, &counters, elapsed));
+    }
+    Ok(lines)
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "printing the counters is this command's job"
-)]
-fn print_counters(args: &HistArgs, deltas: &[(&str, u64)], elapsed: f64) -> anyhow::Result<()> {
-    match args.format {
+fn counters_line(
+    format: HistFormat,
+    kind: CollectorKind,
+    deltas: &[(&str, u64)],
+    elapsed: f64,
+) -> String {
+    match format {
         HistFormat::Text => {
             let list: Vec<String> = deltas.iter().map(|(n, v)| format!("{n} {v}")).collect();
-            println!(
+            format!(
                 "{} counters over {elapsed:.2} s: {}\n",
-                title(args.collector),
+                kind.title(),
                 list.join(", ")
-            );
+            )
         }
         HistFormat::Json => {
             let counters: std::collections::BTreeMap<&str, u64> = deltas.iter().copied().collect();
-            let line = serde_json::json!({
-                "collector": args.collector.name(),
+            serde_json::json!({
+                "collector": kind.name(),
                 "interval_seconds": elapsed,
                 "counters": counters,
-            });
-            println!("{line}");
+            })
+            .to_string()
         }
     }
-    Ok(())
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "printing the histogram is this command's job"
-)]
-fn print(
-    args: &HistArgs,
+fn series_line(
+    format: HistFormat,
+    kind: CollectorKind,
     labels: &[(&'static str, String)],
     delta: &Histogram,
     elapsed: f64,
-) -> anyhow::Result<()> {
-    match args.format {
+) -> anyhow::Result<String> {
+    Ok(match format {
         HistFormat::Text => {
-            let mut title = title(args.collector).to_owned();
+            let mut title = kind.title().to_owned();
             for (_, value) in labels {
                 title.push(' ');
                 title.push_str(value);
             }
-            println!("{}", render::text(&title, delta, elapsed));
+            render::text(&title, delta, elapsed)
         }
         HistFormat::Json => {
             let interval = render::JsonInterval {
-                collector: args.collector.name(),
+                collector: kind.name(),
                 labels: labels.iter().map(|(k, v)| (*k, v.as_str())).collect(),
                 interval_seconds: elapsed,
                 count: delta.count,
                 sum_ns: delta.sum_ns,
                 buckets: render::json_buckets(delta),
             };
-            println!("{}", serde_json::to_string(&interval)?);
+            serde_json::to_string(&interval)?
         }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram_of(values: &[u64]) -> Histogram {
+        let mut h = Histogram::ZERO;
+        for v in values {
+            h.record(*v);
+        }
+        h
     }
-    Ok(())
+
+    fn tcp_like(rtt: &[u64], retransmits: u64) -> Vec<Family> {
+        vec![
+            Family::histogram("t_rtt", "rtt", "", histogram_of(rtt)),
+            Family::histogram("t_connect", "connect", "", Histogram::ZERO),
+            Family::counter("t_retransmits", "retransmits", "", retransmits),
+        ]
+    }
+
+    /// JSON intervals print the difference between two readings, name the
+    /// histogram when a collector has several, and total the counters.
+    #[test]
+    fn json_interval_is_the_difference_between_readings() {
+        let before = tcp_like(&[1_000], 5);
+        let now = tcp_like(&[1_000, 3_000, 3_000], 9);
+        let lines =
+            interval_lines(HistFormat::Json, CollectorKind::Tcp, &before, &now, 1.0).unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let rtt: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(rtt["collector"], "tcp");
+        assert_eq!(rtt["labels"]["histogram"], "rtt");
+        assert_eq!(rtt["count"], 2);
+        assert_eq!(rtt["sum_ns"], 6_000);
+        let connect: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(connect["labels"]["histogram"], "connect");
+        assert_eq!(connect["count"], 0);
+        let counters: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(counters["counters"]["retransmits"], 4);
+    }
+
+    /// Series are matched by labels: a disk that appears between readings
+    /// counts from zero; the text title carries the label values; a counter
+    /// family is totalled over its series.
+    #[test]
+    fn text_interval_matches_series_by_labels() {
+        let disk = |name: &str| vec![("device", name.to_owned()), ("op", "read".to_owned())];
+        let reading = |vda: &[u64], sdb: Option<&[u64]>, dropped: u64| {
+            let mut series = vec![(disk("vda"), histogram_of(vda))];
+            if let Some(sdb) = sdb {
+                series.push((disk("sdb"), histogram_of(sdb)));
+            }
+            vec![
+                Family {
+                    name: "b_latency",
+                    short: "latency",
+                    help: "",
+                    values: Values::Histograms(series),
+                },
+                Family {
+                    name: "b_dropped",
+                    short: "dropped",
+                    help: "",
+                    values: Values::Counters(vec![(disk("vda"), dropped), (disk("sdb"), 1)]),
+                },
+            ]
+        };
+        let before = reading(&[1_000], None, 2);
+        let now = reading(&[1_000, 2_000], Some(&[5_000, 5_000, 5_000]), 4);
+        let lines =
+            interval_lines(HistFormat::Text, CollectorKind::Block, &before, &now, 2.0).unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].contains("block I/O latency vda read"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains(": count 1 sum_ns 2000 "), "{}", lines[0]);
+        assert!(lines[1].contains(": count 3 sum_ns 15000 "), "{}", lines[1]);
+        assert!(
+            lines[1].contains("block I/O latency sdb read"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[2],
+            "block I/O latency counters over 2.00 s: dropped 2\n"
+        );
+    }
+
+    /// No series at all: one line saying so, in text only.
+    #[test]
+    fn idle_interval_says_no_events() {
+        let empty = vec![Family {
+            name: "s",
+            short: "s",
+            help: "",
+            values: Values::Histograms(Vec::new()),
+        }];
+        let text =
+            interval_lines(HistFormat::Text, CollectorKind::Sched, &empty, &empty, 1.0).unwrap();
+        assert_eq!(
+            text,
+            vec!["run-queue latency over 1.00 s: no events\n".to_owned()]
+        );
+        let json =
+            interval_lines(HistFormat::Json, CollectorKind::Sched, &empty, &empty, 1.0).unwrap();
+        assert!(json.is_empty(), "{json:?}");
+    }
 }

@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::collector::Collectors;
+use crate::collector::{Collectors, Family, Values};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -117,101 +117,50 @@ impl Collector for ScrapeTime {
                 .encode_gauge(&i64::from(status.down_reason.is_none()))?;
         }
 
-        if let Some(sched) = &self.collectors.sched {
-            match sched.snapshot() {
-                Ok(histogram) => encode_histograms(
-                    &mut encoder,
-                    "hostscope_runqueue_latency",
-                    "Time runnable tasks waited on a CPU run queue, from wakeup or preemption to running.",
-                    [(&[][..], &histogram)],
-                )?,
+        for (kind, collector) in &self.collectors.running {
+            match collector.read() {
+                Ok(families) => encode_families(&mut encoder, &families)?,
                 // A scrape never fails for one unreadable map: log and leave it out.
-                Err(err) => tracing::warn!("reading the run-queue histogram failed: {err}"),
-            }
-        }
-        if let Some(block) = &self.collectors.block {
-            match block.snapshot() {
-                Ok(snapshot) => {
-                    let labels: Vec<[(&str, &str); 2]> = snapshot
-                        .series
-                        .iter()
-                        .map(|s| [("device", s.device.as_str()), ("op", s.op)])
-                        .collect();
-                    encode_histograms(
-                        &mut encoder,
-                        "hostscope_block_io_latency",
-                        "Block I/O latency from issue to the device driver to completion, per disk and operation.",
-                        labels
-                            .iter()
-                            .zip(&snapshot.series)
-                            .map(|(l, s)| (&l[..], &s.histogram)),
-                    )?;
-                    let mut dropped = encoder.encode_descriptor(
-                        "hostscope_block_io_dropped",
-                        "Block requests completed without a latency because more were in flight \
-                         than --block-max-inflight; with the histogram's count, every completed request.",
-                        None,
-                        MetricType::Counter,
-                    )?;
-                    for (labels, series) in labels.iter().zip(&snapshot.series) {
-                        dropped
-                            .encode_family(labels)?
-                            .encode_counter::<NoLabelSet, _, u64>(&series.dropped, None)?;
-                    }
-                    // Only past 1,024 disk and operation pairs: rare enough
-                    // to appear only once it happens.
-                    if snapshot.dropped_unknown_disk > 0 {
-                        dropped
-                            .encode_family(&[("device", "unknown"), ("op", "unknown")])?
-                            .encode_counter::<NoLabelSet, _, u64>(
-                                &snapshot.dropped_unknown_disk,
-                                None,
-                            )?;
-                    }
-                }
-                Err(err) => tracing::warn!("reading the block I/O histograms failed: {err}"),
-            }
-        }
-        if let Some(tcp) = &self.collectors.tcp {
-            match tcp.snapshot() {
-                Ok(snapshot) => {
-                    encode_histograms(
-                        &mut encoder,
-                        "hostscope_tcp_rtt",
-                        "Smoothed round-trip time of TCP connections, sampled on every received segment.",
-                        [(&[][..], &snapshot.rtt)],
-                    )?;
-                    encode_histograms(
-                        &mut encoder,
-                        "hostscope_tcp_connect_latency",
-                        "Active TCP connect latency, from SYN sent to established.",
-                        [(&[][..], &snapshot.connect)],
-                    )?;
-                    for (name, help, value) in [
-                        (
-                            "hostscope_tcp_connect_failures",
-                            "Active TCP connects that failed (SYN sent, then closed).",
-                            snapshot.connect_failures,
-                        ),
-                        (
-                            "hostscope_tcp_retransmits",
-                            "TCP segments retransmitted.",
-                            snapshot.retransmits,
-                        ),
-                        (
-                            "hostscope_tcp_connect_dropped",
-                            "Active TCP connects not timed because a kernel map was full.",
-                            snapshot.connect_dropped,
-                        ),
-                    ] {
-                        encode_counter(&mut encoder, name, help, value)?;
-                    }
-                }
-                Err(err) => tracing::warn!("reading the TCP maps failed: {err}"),
+                Err(err) => tracing::warn!(collector = %kind, "reading the maps failed: {err}"),
             }
         }
         Ok(())
     }
+}
+
+/// Encodes families as a collector read them.
+fn encode_families(
+    encoder: &mut DescriptorEncoder,
+    families: &[Family],
+) -> Result<(), std::fmt::Error> {
+    for family in families {
+        match &family.values {
+            Values::Histograms(series) => encode_histograms(
+                encoder,
+                family.name,
+                family.help,
+                series.iter().map(|(labels, h)| (labels.as_slice(), h)),
+            )?,
+            Values::Counters(series) => {
+                let mut counters = encoder.encode_descriptor(
+                    family.name,
+                    family.help,
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (labels, value) in series {
+                    if labels.is_empty() {
+                        counters.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+                    } else {
+                        counters
+                            .encode_family(labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Upper bounds of every bucket in seconds, `+Inf` for the overflow bucket.
@@ -225,7 +174,7 @@ fn encode_histograms<'h>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl IntoIterator<Item = (&'h [(&'h str, &'h str)], &'h Histogram)>,
+    series: impl IntoIterator<Item = (&'h [(&'static str, String)], &'h Histogram)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family =
         encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
@@ -247,14 +196,109 @@ fn encode_histograms<'h>(
     Ok(())
 }
 
-/// Encodes an unlabelled counter `<name>_total`.
-fn encode_counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    encoder
-        .encode_descriptor(name, help, None, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::Labels;
+
+    /// A prometheus-client collector that encodes fixed families.
+    #[derive(Debug)]
+    struct Fixed(Vec<Family>);
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_families(&mut encoder, &self.0)
+        }
+    }
+
+    fn exposition(families: Vec<Family>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(families)));
+        let mut out = String::new();
+        text::encode(&mut out, &registry).expect("encodes");
+        out
+    }
+
+    fn disk(device: &str, op: &str) -> Labels {
+        vec![("device", device.to_owned()), ("op", op.to_owned())]
+    }
+
+    /// A histogram family is exported in seconds with cumulative buckets,
+    /// `_sum` and `_count`; a counter family with `_total`; labels as given.
+    #[test]
+    fn families_are_exported_with_units_buckets_and_labels() {
+        let mut histogram = Histogram::ZERO;
+        histogram.record(1_000); // 1 us
+        histogram.record(2_000_000); // 2 ms
+        let text = exposition(vec![
+            Family {
+                name: "test_latency",
+                short: "latency",
+                help: "Test latency.",
+                values: Values::Histograms(vec![(disk("vda", "read"), histogram)]),
+            },
+            Family {
+                name: "test_dropped",
+                short: "dropped",
+                help: "Test drops.",
+                values: Values::Counters(vec![(disk("vda", "read"), 7), (disk("sda", "write"), 0)]),
+            },
+            Family::counter("test_plain", "plain", "Unlabelled.", 3),
+        ]);
+        assert!(
+            text.contains("# TYPE test_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# UNIT test_latency_seconds seconds\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_count{device=\"vda\",op=\"read\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_sum{device=\"vda\",op=\"read\"} 0.002001\n"),
+            "{text}"
+        );
+        // Cumulative: the +Inf bucket holds both values.
+        assert!(
+            text.contains(
+                "test_latency_seconds_bucket{le=\"+Inf\",device=\"vda\",op=\"read\"} 2\n"
+            ),
+            "{text}"
+        );
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("test_latency_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, BUCKETS, "one line per bucket");
+        assert!(text.contains("# TYPE test_dropped counter\n"), "{text}");
+        assert!(
+            text.contains("test_dropped_total{device=\"vda\",op=\"read\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_dropped_total{device=\"sda\",op=\"write\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("test_plain_total 3\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// A family with no series still has its descriptor, and nothing else.
+    #[test]
+    fn empty_family_has_only_its_descriptor() {
+        let text = exposition(vec![Family {
+            name: "test_latency",
+            short: "latency",
+            help: "Test latency.",
+            values: Values::Histograms(Vec::new()),
+        }]);
+        assert!(
+            text.contains("# HELP test_latency_seconds Test latency.\n"),
+            "{text}"
+        );
+        assert!(!text.contains("test_latency_seconds_count"), "{text}");
+    }
 }

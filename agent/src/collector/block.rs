@@ -15,8 +15,16 @@ use hostscope_common::{
     histogram::Histogram,
 };
 
-use super::StartError;
+use super::{Collector, CollectorKind, Family, Labels, Registration, StartError, Values};
 use crate::probes::Probes;
+
+/// The block collector's entry in the registry.
+pub const REGISTRATION: Registration = Registration {
+    kind: CollectorKind::Block,
+    name: "block",
+    title: "block I/O latency",
+    attach: |probes| Ok(Box::new(BlockCollector::attach(probes)?)),
+};
 
 /// One labelled histogram: a disk's latency for one operation.
 #[derive(Debug, Clone)]
@@ -152,6 +160,49 @@ impl BlockCollector {
             series,
             dropped_unknown_disk,
         })
+    }
+}
+
+impl Collector for BlockCollector {
+    fn read(&self) -> Result<Vec<Family>, MapError> {
+        let snapshot = self.snapshot()?;
+        let labels = |s: &BlockSeries| -> Labels {
+            vec![("device", s.device.clone()), ("op", s.op.to_owned())]
+        };
+        let histograms = snapshot
+            .series
+            .iter()
+            .map(|s| (labels(s), s.histogram))
+            .collect();
+        let mut dropped: Vec<(Labels, u64)> = snapshot
+            .series
+            .iter()
+            .map(|s| (labels(s), s.dropped))
+            .collect();
+        // Only past 1,024 disk and operation pairs: rare enough to appear
+        // only once it happens.
+        if snapshot.dropped_unknown_disk > 0 {
+            let unknown = vec![
+                ("device", "unknown".to_owned()),
+                ("op", "unknown".to_owned()),
+            ];
+            dropped.push((unknown, snapshot.dropped_unknown_disk));
+        }
+        Ok(vec![
+            Family {
+                name: "hostscope_block_io_latency",
+                short: "latency",
+                help: "Block I/O latency from issue to the device driver to completion, per disk and operation.",
+                values: Values::Histograms(histograms),
+            },
+            Family {
+                name: "hostscope_block_io_dropped",
+                short: "dropped",
+                help: "Block requests completed without a latency because more were in flight \
+                       than --block-max-inflight; with the histogram's count, every completed request.",
+                values: Values::Counters(dropped),
+            },
+        ])
     }
 }
 

@@ -1,20 +1,23 @@
-//! The collectors: each one attaches its own programs, owns its own maps, and
-//! turns them into histograms. A collector that cannot start is recorded as
-//! down with its reason; the others carry on.
+//! The collectors. A collector is one kernel module (`ebpf/src/NAME.rs`),
+//! one module here implementing [`Collector`], and one entry in
+//! [`REGISTRY`]. `/metrics` and `hostscope hist` iterate over what the
+//! running collectors read; nothing else knows which collectors exist. A
+//! collector that cannot start is recorded as down with its reason; the
+//! others carry on.
 
 pub mod block;
+pub mod reading;
 pub mod sched;
 pub mod tcp;
 
 use std::fmt;
 
+use aya::maps::MapError;
 use clap::ValueEnum;
 
 use crate::probes::{AttachError, Probes};
 
-pub use block::BlockCollector;
-pub use sched::SchedCollector;
-pub use tcp::TcpCollector;
+pub use reading::{Family, Labels, Values};
 
 /// A collector's name, as used by `--collectors`, `hist` and the `collector` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -30,11 +33,20 @@ pub enum CollectorKind {
 impl CollectorKind {
     /// The name used on the command line and in labels.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Sched => "sched",
-            Self::Block => "block",
-            Self::Tcp => "tcp",
-        }
+        self.registration().name
+    }
+
+    /// What `hist` calls it in titles.
+    pub fn title(self) -> &'static str {
+        self.registration().title
+    }
+
+    fn registration(self) -> &'static Registration {
+        // Every kind has exactly one entry; the registry test checks it.
+        REGISTRY
+            .iter()
+            .find(|r| r.kind == self)
+            .unwrap_or(&REGISTRY[0])
     }
 }
 
@@ -43,6 +55,29 @@ impl fmt::Display for CollectorKind {
         f.write_str(self.name())
     }
 }
+
+/// A running collector: it owns its attached programs' maps and reads them.
+pub trait Collector: Send + Sync {
+    /// Everything recorded since attach, as metric families in the order
+    /// they are exported.
+    fn read(&self) -> Result<Vec<Family>, MapError>;
+}
+
+/// How to start one collector.
+pub struct Registration {
+    /// Its identity on the command line.
+    pub kind: CollectorKind,
+    /// Its name on the command line and in the `collector` label.
+    pub name: &'static str,
+    /// What `hist` calls it: "run-queue latency".
+    pub title: &'static str,
+    /// Loads and attaches its programs and takes its maps.
+    pub attach: fn(&mut Probes) -> Result<Box<dyn Collector>, StartError>,
+}
+
+/// Every collector, in the order their families appear in /metrics.
+pub static REGISTRY: [Registration; 3] =
+    [sched::REGISTRATION, block::REGISTRATION, tcp::REGISTRATION];
 
 /// Why a collector is not running.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +99,13 @@ pub struct Status {
 /// The running collectors, and the status of every enabled one.
 #[derive(Default)]
 pub struct Collectors {
-    /// Run-queue latency, when enabled and up.
-    pub sched: Option<SchedCollector>,
-    /// Block I/O latency, when enabled and up.
-    pub block: Option<BlockCollector>,
-    /// TCP latency, when enabled and up.
-    pub tcp: Option<TcpCollector>,
+    /// The collectors that are up, in [`REGISTRY`] order.
+    pub running: Vec<(CollectorKind, Box<dyn Collector>)>,
     /// One entry per enabled collector, in the order they were asked for.
     pub statuses: Vec<Status>,
 }
 
-// aya's maps are not Debug; the statuses say all that is worth printing.
+// A collector's maps are not Debug; the statuses say all that is worth printing.
 impl std::fmt::Debug for Collectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Collectors")
@@ -93,20 +124,10 @@ impl Collectors {
             if collectors.statuses.iter().any(|s| s.kind == kind) {
                 continue;
             }
-            let result = match kind {
-                CollectorKind::Sched => {
-                    SchedCollector::attach(probes).map(|c| collectors.sched = Some(c))
-                }
-                CollectorKind::Block => {
-                    BlockCollector::attach(probes).map(|c| collectors.block = Some(c))
-                }
-                CollectorKind::Tcp => {
-                    TcpCollector::attach(probes).map(|c| collectors.tcp = Some(c))
-                }
-            };
-            let down_reason = match result {
-                Ok(()) => {
+            let down_reason = match (kind.registration().attach)(probes) {
+                Ok(collector) => {
                     tracing::info!(collector = %kind, "collector up");
+                    collectors.running.push((kind, collector));
                     None
                 }
                 Err(err) => {
@@ -120,6 +141,34 @@ impl Collectors {
             };
             collectors.statuses.push(Status { kind, down_reason });
         }
+        let position = |kind: CollectorKind| REGISTRY.iter().position(|r| r.kind == kind);
+        collectors.running.sort_by_key(|(kind, _)| position(*kind));
         collectors
+    }
+
+    /// The running collector `kind`, if it is up.
+    pub fn get(&self, kind: CollectorKind) -> Option<&dyn Collector> {
+        self.running
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| c.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind the command line accepts has exactly one registry entry,
+    /// under the same name.
+    #[test]
+    fn every_kind_is_registered_once() {
+        for kind in CollectorKind::value_variants() {
+            let entries: Vec<_> = REGISTRY.iter().filter(|r| r.kind == *kind).collect();
+            assert_eq!(entries.len(), 1, "{kind:?}");
+            let cli_name = kind.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(cli_name.as_deref(), Some(entries[0].name));
+        }
+        assert_eq!(REGISTRY.len(), CollectorKind::value_variants().len());
     }
 }

@@ -10,8 +10,16 @@ use hostscope_common::{
     },
 };
 
-use super::StartError;
+use super::{Collector, CollectorKind, Family, Registration, StartError};
 use crate::probes::Probes;
+
+/// The TCP collector's entry in the registry.
+pub const REGISTRATION: Registration = Registration {
+    kind: CollectorKind::Tcp,
+    name: "tcp",
+    title: "TCP latency",
+    attach: |probes| Ok(Box::new(TcpCollector::attach(probes)?)),
+};
 
 /// Everything the TCP collector reports at one instant (totals since attach).
 #[derive(Debug, Clone, Copy)]
@@ -58,5 +66,43 @@ impl TcpCollector {
             retransmits: counter(RETRANSMITS_COUNTER)?,
             connect_dropped: counter(CONNECT_DROPPED_COUNTER)?,
         })
+    }
+}
+
+impl Collector for TcpCollector {
+    fn read(&self) -> Result<Vec<Family>, MapError> {
+        let snapshot = self.snapshot()?;
+        Ok(vec![
+            Family::histogram(
+                "hostscope_tcp_rtt",
+                "rtt",
+                "Smoothed round-trip time of TCP connections, sampled on every received segment.",
+                snapshot.rtt,
+            ),
+            Family::histogram(
+                "hostscope_tcp_connect_latency",
+                "connect",
+                "Active TCP connect latency, from SYN sent to established.",
+                snapshot.connect,
+            ),
+            Family::counter(
+                "hostscope_tcp_connect_failures",
+                "connect_failures",
+                "Active TCP connects that failed (SYN sent, then closed).",
+                snapshot.connect_failures,
+            ),
+            Family::counter(
+                "hostscope_tcp_retransmits",
+                "retransmits",
+                "TCP segments retransmitted.",
+                snapshot.retransmits,
+            ),
+            Family::counter(
+                "hostscope_tcp_connect_dropped",
+                "connect_dropped",
+                "Active TCP connects not timed because a kernel map was full.",
+                snapshot.connect_dropped,
+            ),
+        ])
     }
 }

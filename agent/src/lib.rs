@@ -6,6 +6,7 @@
 //! line on stderr and an exit code: 2 for bad input, 1 for the rest.
 
 mod btf;
+mod cgroup;
 mod cli;
 mod collector;
 mod fd_limit;

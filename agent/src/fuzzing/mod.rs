@@ -12,6 +12,7 @@
 
 mod alloc;
 mod btf;
+mod cgroup;
 mod profile_query;
 mod symbols;
 
@@ -59,6 +60,14 @@ pub const TARGETS: &[Target] = &[
         check: symbols::perf_map,
         // The text is read as lossy UTF-8 line by line; each entry keeps
         // its name and two addresses.
+        bytes_per_input_byte: 8,
+        bytes_overhead: 64 << 10,
+    },
+    Target {
+        name: "cgroup",
+        check: cgroup::check,
+        // The lossy text, the path's components and one mountinfo line's
+        // fields at a time.
         bytes_per_input_byte: 8,
         bytes_overhead: 64 << 10,
     },
@@ -136,6 +145,7 @@ pub fn seeds(vmlinux: Option<&[u8]>) -> Vec<(&'static str, Vec<u8>)> {
             .map(|seed| ("profile_query", seed)),
     );
     seeds.extend(symbols::seeds());
+    seeds.extend(cgroup::seeds().into_iter().map(|seed| ("cgroup", seed)));
     seeds
 }
 

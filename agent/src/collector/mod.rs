@@ -171,4 +171,16 @@ mod tests {
         }
         assert_eq!(REGISTRY.len(), CollectorKind::value_variants().len());
     }
+
+    /// The registry and the list the benchmark reads name the same
+    /// collectors in the same order.
+    #[test]
+    fn registry_matches_the_shared_list() {
+        let registry: Vec<&str> = REGISTRY.iter().map(|r| r.name).collect();
+        let shared: Vec<&str> = hostscope_common::COLLECTOR_PROGRAMS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(registry, shared);
+    }
 }

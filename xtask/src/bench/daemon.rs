@@ -30,7 +30,13 @@ pub fn start() -> anyhow::Result<Daemon> {
     let started = Instant::now();
     let child = Command::new(crate::release_binary())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--collectors", "sched,block,tcp", "--log-level", "warn"])
+        .arg("--collectors")
+        .arg(
+            hostscope_common::COLLECTOR_PROGRAMS
+                .map(|(name, _)| name)
+                .join(","),
+        )
+        .args(["--log-level", "warn"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -43,10 +49,9 @@ pub fn start() -> anyhow::Result<Daemon> {
             && response.status() == 200
         {
             let body = response.body_mut().read_to_string().unwrap_or_default();
-            if ["sched", "block", "tcp"]
-                .iter()
-                .all(|c| body.contains(&format!("hostscope_collector_up{{collector=\"{c}\"}}")))
-            {
+            if hostscope_common::COLLECTOR_PROGRAMS.iter().all(|(c, _)| {
+                body.contains(&format!("hostscope_collector_up{{collector=\"{c}\"}} 1"))
+            }) {
                 let ready_after = started.elapsed();
                 return Ok(Daemon {
                     holder,

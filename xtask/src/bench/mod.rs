@@ -148,7 +148,22 @@ fn spawn(program: &str, args: &[&str]) -> anyhow::Result<Holder> {
     Ok(Holder::Process(child))
 }
 
-const SCHED_PROGRAMS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
+/// A filter for the programs of `collector` (hostscope's shared list).
+fn programs_of(collector: &str) -> impl Fn(&str) -> bool + use<> {
+    let programs: Vec<&'static str> = hostscope_common::COLLECTOR_PROGRAMS
+        .iter()
+        .filter(|(name, _)| *name == collector)
+        .flat_map(|(_, programs)| programs.iter())
+        .map(|(function, _)| *function)
+        .collect();
+    move |name: &str| programs.iter().any(|function| is_program(name, function))
+}
+
+/// Whether bpftool's `name` is program `function`: bpftool prints the full
+/// name when the program carries BTF, else the kernel's 15-byte cut.
+fn is_program(name: &str, function: &str) -> bool {
+    name == function || name == hostscope_common::kernel_program_name(function)
+}
 
 /// Every tool attached at once, then each workload in turn; per-event cost
 /// is each tool's run time over its run count on that workload's events.
@@ -179,7 +194,7 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         let (time, count) = tool.accrued(&before, &after, filter);
         (count > 0).then(|| time as f64 / count as f64)
     };
-    let sched = |name: &str| SCHED_PROGRAMS.contains(&name);
+    let sched = programs_of("sched");
     let ours = cost(&hostscope, &sched);
     let metric = "scheduler probes, ns/event (perf bench sched pipe)";
     report.push(Row::ratio(
@@ -203,8 +218,8 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             f64::NAN,
         ));
     }
-    for name in SCHED_PROGRAMS {
-        let only = |n: &str| n == name;
+    for (name, _) in hostscope_common::sched::SCHED_PROGRAMS {
+        let only = |n: &str| is_program(n, name);
         let metric = format!("  {name}, ns/event");
         report.push(Row::ratio(
             section,
@@ -224,7 +239,7 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         let (time, count) = tool.accrued(&before, &after, filter);
         (count > 0).then(|| time as f64 / count as f64)
     };
-    let block = |name: &str| name.starts_with("block");
+    let block = programs_of("block");
     let ours = cost(&hostscope, &block);
     let metric = "block probes, ns/event (fio 4k direct reads, loop device)";
     let peer = cost(&biolatency, &|_| true);
@@ -250,7 +265,7 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     // Per I/O: the tools attach different numbers of programs per request
     // (biolatency also runs on block_rq_insert), so ns/event alone flatters
     // the one with more, cheaper events. Completions are the I/O count.
-    let (_, ios) = hostscope.accrued(&before, &after, |n| n.starts_with("block_rq_comp"));
+    let (_, ios) = hostscope.accrued(&before, &after, |n| is_program(n, "block_rq_complete"));
     let per_io = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
         let (time, _) = tool.accrued(&before, &after, filter);
         (ios > 0).then(|| time as f64 / ios as f64)
@@ -269,7 +284,7 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
 
     let (before, after) =
         around(|| workloads::tcp_ping_pong(plan.tcp_round_trips, 1_000).map(drop))?;
-    let tcp = |name: &str| name.contains("tcp") || name.contains("inet");
+    let tcp = programs_of("tcp");
     let (ours_time, ours_count) = hostscope.accrued(&before, &after, tcp);
     let (peer_time, peer_count) = tcp_bt.accrued(&before, &after, |_| true);
     let per = |t: u64, c: u64| (c > 0).then(|| t as f64 / c as f64);

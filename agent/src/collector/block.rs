@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use hostscope_common::{
     block::{
         BLOCK_DROPPED_MAP, BLOCK_DROPPED_UNKEYED_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey,
@@ -107,40 +107,14 @@ impl BlockCollector {
         let mut dropped = lock(&self.dropped);
         let mut names = lock(&self.names);
         let mut merged: BTreeMap<(String, &'static str), (Histogram, u64)> = BTreeMap::new();
-        let mut gone = Vec::new();
-        for entry in latency.iter() {
-            let (key, per_cpu) = entry?;
-            let Some(device) = names.get(key.dev) else {
-                gone.push(key);
-                continue;
-            };
-            merged
-                .entry((device, op_name(key.op)))
-                .or_insert((Histogram::ZERO, 0))
-                .0
-                .merge(&Histogram::total(per_cpu.iter()));
-        }
-        let mut dropped_gone = Vec::new();
-        for entry in dropped.iter() {
-            let (key, per_cpu) = entry?;
-            let Some(device) = names.get(key.dev) else {
-                dropped_gone.push(key);
-                continue;
-            };
-            let count = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
-            let slot = &mut merged
-                .entry((device, op_name(key.op)))
-                .or_insert((Histogram::ZERO, 0))
-                .1;
-            *slot = slot.wrapping_add(count);
-        }
-        // Already gone (another scrape removed it) is fine.
-        for key in gone {
-            let _ = latency.remove(&key);
-        }
-        for key in dropped_gone {
-            let _ = dropped.remove(&key);
-        }
+        by_disk(&mut latency, &mut names, |disk, per_cpu| {
+            let slot = &mut merged.entry(disk).or_insert((Histogram::ZERO, 0)).0;
+            slot.merge(&Histogram::total(per_cpu.iter()));
+        })?;
+        by_disk(&mut dropped, &mut names, |disk, per_cpu| {
+            let slot = &mut merged.entry(disk).or_insert((Histogram::ZERO, 0)).1;
+            *slot = per_cpu.iter().fold(*slot, |sum, n| sum.wrapping_add(*n));
+        })?;
         let series = merged
             .into_iter()
             .map(|((device, op), (histogram, dropped))| BlockSeries {
@@ -204,6 +178,29 @@ impl Collector for BlockCollector {
             },
         ])
     }
+}
+
+/// Calls `add` with each entry of `map` under its disk's current name and
+/// its operation's label, and removes the entries of disks that no longer
+/// exist.
+fn by_disk<V: aya::Pod>(
+    map: &mut PerCpuHashMap<MapData, BlockKey, V>,
+    names: &mut NameCache,
+    mut add: impl FnMut((String, &'static str), PerCpuValues<V>),
+) -> Result<(), MapError> {
+    let mut gone = Vec::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry?;
+        match names.get(key.dev) {
+            Some(device) => add((device, op_name(key.op)), per_cpu),
+            None => gone.push(key),
+        }
+    }
+    for key in gone {
+        // Already gone (another scrape removed it) is fine.
+        let _ = map.remove(&key);
+    }
+    Ok(())
 }
 
 /// Locks `mutex`, whose data stays consistent even if a holder panicked.

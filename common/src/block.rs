@@ -10,6 +10,8 @@ pub const BLOCK_DROPPED_MAP: &str = "BLOCK_DROPPED";
 /// Per-CPU array, one `u64`: dropped requests that could not be counted
 /// under their disk either (their disk or the dropped map was full).
 pub const BLOCK_DROPPED_UNKEYED_MAP: &str = "BLOCK_DROPPED_UNKEYED";
+/// Its slots: one counted at issue, one at completion.
+pub const BLOCK_DROPPED_UNKEYED_SLOTS: u32 = 2;
 
 /// Distinct (disk, operation) histograms the kernel keeps at most.
 pub const BLOCK_LATENCY_ENTRIES: u32 = 1024;

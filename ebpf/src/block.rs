@@ -32,8 +32,8 @@ use aya_ebpf::{
 };
 use hostscope_common::{
     block::{
-        BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BLOCK_UNTIMED, BlockKey, MINOR_BITS,
-        REQ_OP_MASK,
+        BLOCK_DROPPED_UNKEYED_SLOTS, BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BLOCK_UNTIMED,
+        BlockKey, MINOR_BITS, REQ_OP_MASK,
     },
     histogram::Histogram,
 };
@@ -77,7 +77,8 @@ static BLOCK_DROPPED: PerCpuHashMap<BlockKey, u64> =
 /// (and only the issue program writes [`BLOCK_DROPPED`]) because one can
 /// interrupt the other on a CPU, and a per-CPU `+= 1` is not atomic.
 #[map(name = "BLOCK_DROPPED_UNKEYED")]
-static BLOCK_DROPPED_UNKEYED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static BLOCK_DROPPED_UNKEYED: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(BLOCK_DROPPED_UNKEYED_SLOTS, 0);
 
 /// [`BLOCK_DROPPED_UNKEYED`] slots.
 const UNKEYED_AT_ISSUE: u32 = 0;

@@ -9,8 +9,8 @@ use std::{
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use hostscope_common::{
     block::{
-        BLOCK_DROPPED_MAP, BLOCK_DROPPED_UNKEYED_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey,
-        MINOR_BITS, op_name,
+        BLOCK_DROPPED_MAP, BLOCK_DROPPED_UNKEYED_MAP, BLOCK_DROPPED_UNKEYED_SLOTS,
+        BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey, MINOR_BITS, op_name,
     },
     histogram::Histogram,
 };
@@ -25,31 +25,6 @@ pub const REGISTRATION: Registration = Registration {
     title: "block I/O latency",
     attach: |probes| Ok(Box::new(BlockCollector::attach(probes)?)),
 };
-
-/// One labelled histogram: a disk's latency for one operation.
-#[derive(Debug, Clone)]
-pub struct BlockSeries {
-    /// The disk's name (`vda`, `nvme0n1`, `loop3`).
-    pub device: String,
-    /// `read`, `write`, `flush`, `discard` or `other`.
-    pub op: &'static str,
-    /// Everything recorded since attach (or since the disk appeared).
-    pub histogram: Histogram,
-    /// Requests completed without a latency because the start map was full
-    /// when they were issued. With the histogram's count, the requests
-    /// completed: the kernel's own count in /sys/block/NAME/stat.
-    pub dropped: u64,
-}
-
-/// Everything the block collector reports at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct BlockSnapshot {
-    /// Per (disk, op), sorted by disk then op.
-    pub series: Vec<BlockSeries>,
-    /// Requests not measured that could not be counted under their disk
-    /// (more disks and operations than the kernel maps hold).
-    pub dropped_unknown_disk: u64,
-}
 
 /// Reads the block histograms the kernel fills.
 pub struct BlockCollector {
@@ -98,11 +73,14 @@ impl BlockCollector {
             names: Mutex::default(),
         })
     }
+}
 
-    /// Every disk's histograms, named as the disk is named now. Disks that
-    /// no longer exist are dropped from the map (and so from /metrics): a
-    /// loop device detached and attached again starts afresh.
-    pub fn snapshot(&self) -> Result<BlockSnapshot, MapError> {
+impl Collector for BlockCollector {
+    /// Every disk's histograms and dropped counts, named as the disk is
+    /// named now. Disks that no longer exist are dropped from the maps (and
+    /// so from /metrics): a loop device detached and attached again starts
+    /// afresh.
+    fn read(&self) -> Result<Vec<Family>, MapError> {
         let mut latency = lock(&self.latency);
         let mut dropped = lock(&self.dropped);
         let mut names = lock(&self.names);
@@ -115,52 +93,28 @@ impl BlockCollector {
             let slot = &mut merged.entry(disk).or_insert((Histogram::ZERO, 0)).1;
             *slot = per_cpu.iter().fold(*slot, |sum, n| sum.wrapping_add(*n));
         })?;
-        let series = merged
-            .into_iter()
-            .map(|((device, op), (histogram, dropped))| BlockSeries {
-                device,
-                op,
-                histogram,
-                dropped,
-            })
-            .collect();
-        let mut dropped_unknown_disk = 0u64;
-        for slot in 0..2 {
+        let mut histograms = Vec::with_capacity(merged.len());
+        let mut dropped_by_disk = Vec::with_capacity(merged.len() + 1);
+        // Sorted by disk, then operation.
+        for ((device, op), (histogram, dropped)) in merged {
+            let labels: Labels = vec![("device", device), ("op", op.to_owned())];
+            histograms.push((labels.clone(), histogram));
+            dropped_by_disk.push((labels, dropped));
+        }
+        let mut unknown_disk = 0u64;
+        for slot in 0..BLOCK_DROPPED_UNKEYED_SLOTS {
             for n in self.dropped_unkeyed.get(&slot, 0)?.iter() {
-                dropped_unknown_disk = dropped_unknown_disk.wrapping_add(*n);
+                unknown_disk = unknown_disk.wrapping_add(*n);
             }
         }
-        Ok(BlockSnapshot {
-            series,
-            dropped_unknown_disk,
-        })
-    }
-}
-
-impl Collector for BlockCollector {
-    fn read(&self) -> Result<Vec<Family>, MapError> {
-        let snapshot = self.snapshot()?;
-        let labels = |s: &BlockSeries| -> Labels {
-            vec![("device", s.device.clone()), ("op", s.op.to_owned())]
-        };
-        let histograms = snapshot
-            .series
-            .iter()
-            .map(|s| (labels(s), s.histogram))
-            .collect();
-        let mut dropped: Vec<(Labels, u64)> = snapshot
-            .series
-            .iter()
-            .map(|s| (labels(s), s.dropped))
-            .collect();
         // Only past 1,024 disk and operation pairs: rare enough to appear
         // only once it happens.
-        if snapshot.dropped_unknown_disk > 0 {
+        if unknown_disk > 0 {
             let unknown = vec![
                 ("device", "unknown".to_owned()),
                 ("op", "unknown".to_owned()),
             ];
-            dropped.push((unknown, snapshot.dropped_unknown_disk));
+            dropped_by_disk.push((unknown, unknown_disk));
         }
         Ok(vec![
             Family {
@@ -174,7 +128,7 @@ impl Collector for BlockCollector {
                 short: "dropped",
                 help: "Block requests completed without a latency because more were in flight \
                        than --block-max-inflight; with the histogram's count, every completed request.",
-                values: Values::Counters(dropped),
+                values: Values::Counters(dropped_by_disk),
             },
         ])
     }

@@ -21,21 +21,6 @@ pub const REGISTRATION: Registration = Registration {
     attach: |probes| Ok(Box::new(TcpCollector::attach(probes)?)),
 };
 
-/// Everything the TCP collector reports at one instant (totals since attach).
-#[derive(Debug, Clone, Copy)]
-pub struct TcpSnapshot {
-    /// Smoothed RTT, sampled on every received segment.
-    pub rtt: Histogram,
-    /// Active connects, SYN sent to established.
-    pub connect: Histogram,
-    /// Active connects that failed.
-    pub connect_failures: u64,
-    /// Segments retransmitted.
-    pub retransmits: u64,
-    /// Connects not timed because the start map was full.
-    pub connect_dropped: u64,
-}
-
 /// Reads the TCP maps the kernel fills.
 pub struct TcpCollector {
     latency: PerCpuArray<MapData, Histogram>,
@@ -51,57 +36,46 @@ impl TcpCollector {
         probes.attach_btf_tracepoints(&TCP_PROGRAMS)?;
         Ok(Self { latency, counters })
     }
+}
 
+impl Collector for TcpCollector {
     /// Totals since attach, summed over CPUs.
-    pub fn snapshot(&self) -> Result<TcpSnapshot, MapError> {
+    fn read(&self) -> Result<Vec<Family>, MapError> {
         let histogram = |slot| -> Result<Histogram, MapError> {
             Ok(Histogram::total(self.latency.get(&slot, 0)?.iter()))
         };
         let counter =
             |index| -> Result<u64, MapError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
-        Ok(TcpSnapshot {
-            rtt: histogram(RTT_SLOT)?,
-            connect: histogram(CONNECT_SLOT)?,
-            connect_failures: counter(CONNECT_FAILURES_COUNTER)?,
-            retransmits: counter(RETRANSMITS_COUNTER)?,
-            connect_dropped: counter(CONNECT_DROPPED_COUNTER)?,
-        })
-    }
-}
-
-impl Collector for TcpCollector {
-    fn read(&self) -> Result<Vec<Family>, MapError> {
-        let snapshot = self.snapshot()?;
         Ok(vec![
             Family::histogram(
                 "hostscope_tcp_rtt",
                 "rtt",
                 "Smoothed round-trip time of TCP connections, sampled on every received segment.",
-                snapshot.rtt,
+                histogram(RTT_SLOT)?,
             ),
             Family::histogram(
                 "hostscope_tcp_connect_latency",
                 "connect",
                 "Active TCP connect latency, from SYN sent to established.",
-                snapshot.connect,
+                histogram(CONNECT_SLOT)?,
             ),
             Family::counter(
                 "hostscope_tcp_connect_failures",
                 "connect_failures",
                 "Active TCP connects that failed (SYN sent, then closed).",
-                snapshot.connect_failures,
+                counter(CONNECT_FAILURES_COUNTER)?,
             ),
             Family::counter(
                 "hostscope_tcp_retransmits",
                 "retransmits",
                 "TCP segments retransmitted.",
-                snapshot.retransmits,
+                counter(RETRANSMITS_COUNTER)?,
             ),
             Family::counter(
                 "hostscope_tcp_connect_dropped",
                 "connect_dropped",
                 "Active TCP connects not timed because a kernel map was full.",
-                snapshot.connect_dropped,
+                counter(CONNECT_DROPPED_COUNTER)?,
             ),
         ])
     }

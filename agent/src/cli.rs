@@ -85,7 +85,26 @@ pub struct ServeArgs {
     pub maps: MapArgs,
 
     #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// Bucket layout of per-cgroup histograms (--by-cgroup): coarse has 15
+    /// finite buckets, one per factor of 4 from 128 ns to 34 s (18 series per
+    /// histogram); fine is the host-wide layout (116 series).
+    #[arg(long, env = "HOSTSCOPE_CGROUP_BUCKETS", value_enum,
+          default_value_t = CgroupBuckets::Coarse, value_name = "LAYOUT")]
+    pub cgroup_buckets: CgroupBuckets,
+
+    #[command(flatten)]
     pub system: SystemArgs,
+}
+
+/// Bucket layouts for per-cgroup histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupBuckets {
+    /// One bucket per factor of 4: 128 ns, 512 ns, 2 us, ... 34 s.
+    Coarse,
+    /// Four buckets per power of two, as the host-wide histograms.
+    Fine,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +165,9 @@ pub struct HistArgs {
     pub maps: MapArgs,
 
     #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    #[command(flatten)]
     pub system: SystemArgs,
 }
 
@@ -176,6 +198,59 @@ impl Default for MapArgs {
             block_max_inflight: hostscope_common::block::BLOCK_START_ENTRIES,
         }
     }
+}
+
+/// Per-cgroup attribution.
+#[derive(Debug, Clone, Args)]
+pub struct CgroupArgs {
+    /// Label run-queue, block and TCP series with the cgroup (v2) they belong
+    /// to: `cgroup` (its path), and `container_id` and `pod_uid` where the
+    /// path names a container or pod.
+    #[arg(long, env = "HOSTSCOPE_BY_CGROUP")]
+    pub by_cgroup: bool,
+
+    /// Most cgroups with series of their own; the events of cgroups beyond
+    /// it are counted under cgroup="other" and in
+    /// hostscope_cgroup_overflow_total. Kernel maps are sized from it.
+    #[arg(long, env = "HOSTSCOPE_CGROUP_MAX", value_name = "N",
+          default_value_t = hostscope_common::cgroup::DEFAULT_CGROUP_MAX,
+          value_parser = parse_cgroup_max)]
+    pub cgroup_max: u32,
+
+    /// Only cgroups whose path matches this regular expression (anywhere in
+    /// the path; anchor it with ^ and $) get series of their own; the others
+    /// are counted under cgroup="other".
+    #[arg(long, env = "HOSTSCOPE_CGROUP_MATCH", value_name = "REGEX",
+          value_parser = parse_cgroup_match)]
+    pub cgroup_match: Option<regex::Regex>,
+}
+
+impl Default for CgroupArgs {
+    fn default() -> Self {
+        Self {
+            by_cgroup: false,
+            cgroup_max: hostscope_common::cgroup::DEFAULT_CGROUP_MAX,
+            cgroup_match: None,
+        }
+    }
+}
+
+fn parse_cgroup_max(text: &str) -> Result<u32, String> {
+    let max = hostscope_common::cgroup::MAX_CGROUP_MAX as usize;
+    let n = parse_count(text, 1, max, "cgroups")?;
+    u32::try_from(n).map_err(|_| format!("`{text}` is too large"))
+}
+
+fn parse_cgroup_match(text: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(text)
+        // A pattern is a handful of path parts; this bounds a hostile one.
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|err| {
+            let reason = err.to_string();
+            let last = reason.lines().last().unwrap_or("").trim().to_owned();
+            format!("`{text}` is not a regular expression ({last})")
+        })
 }
 
 /// Where the kernel's interfaces live; the defaults are right on every usual system.

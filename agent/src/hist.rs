@@ -1,13 +1,17 @@
 //! `hostscope hist`: the same probes as the daemon, printed at the terminal
 //! every interval, like BCC's runqlat.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use hostscope_common::histogram::Histogram;
 
 use crate::{
-    cli::{HistArgs, HistFormat},
+    cgroup::{self, Attribution},
+    cli::{CgroupBuckets, HistArgs, HistFormat},
     collector::{CollectorKind, Collectors, Family, Labels, Values},
     privileges,
     probes::Probes,
@@ -18,8 +22,18 @@ use crate::{
 pub fn run(args: HistArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
-    let mut probes = Probes::load(&args.system.kernel_btf, args.maps)?;
-    let collectors = Collectors::start(&mut probes, &[args.collector]);
+    let mut probes = Probes::load(&args.system.kernel_btf, args.maps, &args.cgroups)?;
+    let attribution = match args.cgroups.by_cgroup {
+        true => {
+            let root = cgroup::mount::find_or_mount()?;
+            let matcher = args.cgroups.cgroup_match.clone();
+            let attribution = Attribution::new(&mut probes, root, matcher, CgroupBuckets::Fine)
+                .context("setting up --by-cgroup")?;
+            Some(Arc::new(attribution))
+        }
+        false => None,
+    };
+    let collectors = Collectors::start(&mut probes, &[args.collector], attribution);
     if let Some(reason) = collectors
         .statuses
         .iter()

@@ -5,7 +5,7 @@
 //! binary correct across kernels whose structs differ.
 
 use crate::btf::{Btf, BtfError};
-use hostscope_common::{block, tcp};
+use hostscope_common::{block, cgroup::globals, tcp};
 
 /// A field could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,50 @@ pub fn tcp(btf: &Btf) -> Result<Offsets, LayoutError> {
             offsets::SOCK_PROTOCOL,
             field(btf, "sock", "sk_protocol", 2)?,
         ),
+    ])
+}
+
+/// Offsets to read a task's cgroup v2 id (`--by-cgroup`):
+/// `task->cgroups->dfl_cgrp->kn->id`.
+pub fn task_cgroup(btf: &Btf) -> Result<Offsets, LayoutError> {
+    let mut offsets = vec![
+        (
+            globals::TASK_CGROUPS,
+            pointer_field(btf, "task_struct", "cgroups", "css_set")?,
+        ),
+        (
+            globals::CSS_SET_DFL_CGRP,
+            pointer_field(btf, "css_set", "dfl_cgrp", "cgroup")?,
+        ),
+    ];
+    offsets.extend(cgroup_id(btf)?);
+    Ok(offsets)
+}
+
+/// Offsets to read a socket's cgroup v2 id (`--by-cgroup`):
+/// `sk->sk_cgrp_data.cgroup->kn->id`. Kernels before 5.15 keep the cgroup
+/// in a tagged word instead, and lack the `cgroup` member.
+pub fn sock_cgroup(btf: &Btf) -> Result<Offsets, LayoutError> {
+    let data = btf
+        .member("sock", "sk_cgrp_data")
+        .map_err(|_| LayoutError::Missing {
+            strukt: "sock",
+            member: "sk_cgrp_data",
+        })?;
+    let cgroup = pointer_field(btf, "sock_cgroup_data", "cgroup", "cgroup")?;
+    let mut offsets = vec![(globals::SOCK_CGROUP, data.offset + cgroup)];
+    offsets.extend(cgroup_id(btf)?);
+    Ok(offsets)
+}
+
+/// Offsets from a `struct cgroup *` to its id.
+fn cgroup_id(btf: &Btf) -> Result<Offsets, LayoutError> {
+    Ok(vec![
+        (
+            globals::CGROUP_KN,
+            pointer_field(btf, "cgroup", "kn", "kernfs_node")?,
+        ),
+        (globals::KERNFS_NODE_ID, field(btf, "kernfs_node", "id", 8)?),
     ])
 }
 

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use bytes::Bytes;
 use flate2::{Compression, write::GzEncoder};
 
-use hostscope_common::histogram::{BUCKETS, Histogram, bucket_upper_bound_ns};
+use hostscope_common::histogram::{BUCKETS, Histogram, MAX_EXP, MIN_EXP, bucket_upper_bound_ns};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, NoLabelSet, text},
@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::collector::{Collectors, Family, Values};
+use crate::collector::{Collectors, Family, Layout, Values};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -124,6 +124,20 @@ impl Collector for ScrapeTime {
                 Err(err) => tracing::warn!(collector = %kind, "reading the maps failed: {err}"),
             }
         }
+        if let Some(overflow) = self.collectors.overflow_family() {
+            encode_families(&mut encoder, &[overflow])?;
+        }
+        if let Some(attribution) = &self.collectors.attribution {
+            let admitted = i64::try_from(attribution.admitted()).unwrap_or(i64::MAX);
+            encoder
+                .encode_descriptor(
+                    "hostscope_cgroups_labelled",
+                    "Cgroups that have series of their own now (at most --cgroup-max).",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&admitted)?;
+        }
         Ok(())
     }
 }
@@ -139,6 +153,7 @@ fn encode_families(
                 encoder,
                 family.name,
                 family.help,
+                family.layout,
                 series.iter().map(|(labels, h)| (labels.as_slice(), h)),
             )?,
             Values::Counters(series) => {
@@ -168,22 +183,59 @@ static BOUNDS_SECONDS: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| {
     std::array::from_fn(|i| bucket_upper_bound_ns(i).map_or(f64::INFINITY, |ns| ns as f64 / 1e9))
 });
 
+/// Whether fine bucket `index` ends a coarse bucket: its upper bound is
+/// 128 ns times a power of 4 (128 ns, 512 ns, 2 us, ... 34 s), or it is the
+/// overflow bucket.
+fn ends_coarse_bucket(index: usize) -> bool {
+    match bucket_upper_bound_ns(index) {
+        Some(bound) => bound.is_power_of_two() && (bound.trailing_zeros() - MIN_EXP) % 2 == 0,
+        None => true,
+    }
+}
+
+/// `(upper bound in seconds, count)` of each exported bucket.
+fn buckets(histogram: &Histogram, layout: Layout) -> Vec<(f64, u64)> {
+    match layout {
+        Layout::Fine => BOUNDS_SECONDS
+            .iter()
+            .copied()
+            .zip(histogram.buckets.iter().copied())
+            .collect(),
+        Layout::Coarse => {
+            let mut out = Vec::with_capacity(COARSE_BUCKETS);
+            let mut pending = 0u64;
+            for (index, (&bound, &count)) in BOUNDS_SECONDS
+                .iter()
+                .zip(histogram.buckets.iter())
+                .enumerate()
+            {
+                pending = pending.wrapping_add(count);
+                if ends_coarse_bucket(index) {
+                    out.push((bound, pending));
+                    pending = 0;
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Buckets of the coarse layout, `+Inf` included.
+pub const COARSE_BUCKETS: usize = 1 + (MAX_EXP - MIN_EXP) as usize / 2 + 1;
+
 /// Encodes one histogram family `<name>_seconds` (with `_bucket`, `_sum`
 /// and `_count`): one series per label set, or a single unlabelled one.
 fn encode_histograms<'h>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
+    layout: Layout,
     series: impl IntoIterator<Item = (&'h [(&'static str, String)], &'h Histogram)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family =
         encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     for (labels, histogram) in series {
-        let buckets: Vec<(f64, u64)> = BOUNDS_SECONDS
-            .iter()
-            .copied()
-            .zip(histogram.buckets.iter().copied())
-            .collect();
+        let buckets = buckets(histogram, layout);
         let sum = histogram.sum_ns as f64 / 1e9;
         if labels.is_empty() {
             family.encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
@@ -236,12 +288,14 @@ mod tests {
                 short: "latency",
                 help: "Test latency.",
                 values: Values::Histograms(vec![(disk("vda", "read"), histogram)]),
+                layout: Layout::Fine,
             },
             Family {
                 name: "test_dropped",
                 short: "dropped",
                 help: "Test drops.",
                 values: Values::Counters(vec![(disk("vda", "read"), 7), (disk("sda", "write"), 0)]),
+                layout: Layout::Fine,
             },
             Family::counter("test_plain", "plain", "Unlabelled.", 3),
         ]);
@@ -294,11 +348,53 @@ mod tests {
             short: "latency",
             help: "Test latency.",
             values: Values::Histograms(Vec::new()),
+            layout: Layout::Fine,
         }]);
         assert!(
             text.contains("# HELP test_latency_seconds Test latency.\n"),
             "{text}"
         );
         assert!(!text.contains("test_latency_seconds_count"), "{text}");
+    }
+
+    /// The coarse layout has one bucket per factor of 4, each holding the
+    /// fine buckets below its bound, and the same sum and count.
+    #[test]
+    fn coarse_layout_adds_up_fine_buckets() {
+        let mut histogram = Histogram::ZERO;
+        for ns in [100, 129, 500, 513, 3_000, 1_000_000, 40_000_000_000] {
+            histogram.record(ns);
+        }
+        let text = exposition(vec![Family::histograms(
+            "test_latency",
+            "latency",
+            "Test latency.",
+            vec![(vec![("cgroup", "/a".to_owned())], histogram)],
+            Layout::Coarse,
+        )]);
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("test_latency_seconds_bucket"))
+            .collect();
+        assert_eq!(buckets.len(), COARSE_BUCKETS, "{text}");
+        assert_eq!(COARSE_BUCKETS, 16);
+        for (bound, cumulative) in [
+            ("1.28e-7", 1),
+            ("5.12e-7", 3),
+            ("2.048e-6", 4),
+            ("8.192e-6", 5),
+            ("0.001048576", 6),
+            ("34.359738368", 6),
+            ("+Inf", 7),
+        ] {
+            let line = format!(
+                "test_latency_seconds_bucket{{le=\"{bound}\",cgroup=\"/a\"}} {cumulative}\n"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            text.contains("test_latency_seconds_count{cgroup=\"/a\"} 7\n"),
+            "{text}"
+        );
     }
 }

@@ -3,8 +3,19 @@
 //! own maps, so that one collector failing leaves the others untouched.
 //! Dropping [`Probes`] detaches and unloads every program.
 
-use crate::{cli::MapArgs, kernel_layout};
-use hostscope_common::block::BLOCK_START_MAP;
+use crate::{
+    cli::{CgroupArgs, MapArgs},
+    kernel_layout,
+};
+use hostscope_common::{
+    block::{BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP},
+    cgroup::{
+        self, BLOCK_SERIES_PER_CGROUP, CGROUP_ADMITTED_MAP, CGROUP_EXCLUDED_ENTRIES,
+        CGROUP_EXCLUDED_MAP, TCP_COUNTERS_PER_CGROUP, TCP_HISTOGRAMS_PER_CGROUP,
+    },
+    sched::RUNQ_LATENCY_BY_CGROUP_MAP,
+    tcp::{TCP_COUNTERS_BY_CGROUP_MAP, TCP_LATENCY_BY_CGROUP_MAP},
+};
 
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
@@ -76,8 +87,30 @@ pub enum AttachError {
     },
 }
 
-/// Finds the field offsets one collector's programs need.
-type LayoutFn = fn(&crate::btf::Btf) -> Result<kernel_layout::Offsets, kernel_layout::LayoutError>;
+/// Finds the field offsets one collector's programs need; the flag says
+/// whether per-cgroup attribution is on.
+type LayoutFn =
+    fn(&crate::btf::Btf, bool) -> Result<kernel_layout::Offsets, kernel_layout::LayoutError>;
+
+/// The layouts each collector needs, with `--by-cgroup` or without.
+const LAYOUTS: [(&str, LayoutFn); 3] = [
+    ("sched", |btf, by_cgroup| {
+        if by_cgroup {
+            kernel_layout::task_cgroup(btf)
+        } else {
+            Ok(Vec::new())
+        }
+    }),
+    // Block I/O takes the cgroup of the running task from a helper.
+    ("block", |btf, _| kernel_layout::block(btf)),
+    ("tcp", |btf, by_cgroup| {
+        let mut offsets = kernel_layout::tcp(btf)?;
+        if by_cgroup {
+            offsets.extend(kernel_layout::sock_cgroup(btf)?);
+        }
+        Ok(offsets)
+    }),
+];
 
 /// The loaded eBPF object.
 pub struct Probes {
@@ -93,26 +126,29 @@ pub struct Probes {
 impl Probes {
     /// Loads the embedded object: creates its maps, loads no program yet.
     /// Struct layouts for programs that read kernel fields come from the
-    /// BTF at `kernel_btf`; the maps sized by the host are sized by `maps`.
-    pub fn load(kernel_btf: &std::path::Path, maps: MapArgs) -> Result<Self, LoadError> {
+    /// BTF at `kernel_btf`; the maps sized by the host are sized by `maps`,
+    /// and the per-cgroup ones by `cgroups` (left empty without `--by-cgroup`).
+    pub fn load(
+        kernel_btf: &std::path::Path,
+        maps: MapArgs,
+        cgroups: &CgroupArgs,
+    ) -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         // Field offsets for the programs that read kernel structs; a
         // collector whose fields are missing is reported down later, alone.
         let mut globals = Vec::new();
         let mut layout_errors = Vec::new();
-        let layouts: [(&'static str, LayoutFn); 2] =
-            [("block", kernel_layout::block), ("tcp", kernel_layout::tcp)];
         match kernel_layout::kernel_btf(kernel_btf) {
             Ok(kernel) => {
-                for (collector, layout) in layouts {
-                    match layout(&kernel) {
+                for (collector, layout) in LAYOUTS {
+                    match layout(&kernel, cgroups.by_cgroup) {
                         Ok(offsets) => globals.extend(offsets),
                         Err(err) => layout_errors.push((collector, err.to_string())),
                     }
                 }
             }
             Err(err) => {
-                for (collector, _) in layouts {
+                for (collector, _) in LAYOUTS {
                     layout_errors.push((collector, err.to_string()));
                 }
             }
@@ -124,6 +160,26 @@ impl Probes {
             // uses it, so letting aya create it untyped is all we need.
             .allow_unsupported_maps()
             .map_max_entries(BLOCK_START_MAP, maps.block_max_inflight);
+        if cgroups.by_cgroup {
+            let max = cgroups.cgroup_max;
+            loader
+                .map_max_entries(CGROUP_ADMITTED_MAP, max)
+                .map_max_entries(CGROUP_EXCLUDED_MAP, CGROUP_EXCLUDED_ENTRIES)
+                .map_max_entries(RUNQ_LATENCY_BY_CGROUP_MAP, cgroup::entries(max, 1))
+                .map_max_entries(
+                    BLOCK_LATENCY_BY_CGROUP_MAP,
+                    cgroup::entries(max, BLOCK_SERIES_PER_CGROUP),
+                )
+                .map_max_entries(
+                    TCP_LATENCY_BY_CGROUP_MAP,
+                    cgroup::entries(max, TCP_HISTOGRAMS_PER_CGROUP),
+                )
+                .map_max_entries(
+                    TCP_COUNTERS_BY_CGROUP_MAP,
+                    cgroup::entries(max, TCP_COUNTERS_PER_CGROUP),
+                );
+            globals.push((cgroup::globals::ENABLED, 1));
+        }
         for (name, offset) in &globals {
             loader.override_global(name, offset, true);
         }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{MapArgs, ProfileArgs, ProfileFormat},
+    cli::{CgroupArgs, MapArgs, ProfileArgs, ProfileFormat},
     privileges,
     probes::Probes,
     profile::{self, Limits, Profiler},
@@ -33,6 +33,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let probes = Arc::new(Mutex::new(Probes::load(
         &args.system.kernel_btf,
         MapArgs::default(),
+        &CgroupArgs::default(),
     )?));
     let profiler = Profiler::new(probes, LIMITS)?;
     // As the daemon does: nothing that reads other processes' files runs

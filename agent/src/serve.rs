@@ -12,6 +12,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cgroup::{self, Attribution},
     cli::ServeArgs,
     collector::Collectors,
     fd_limit, http,
@@ -43,8 +44,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
 
-    let mut probes = Probes::load(&args.system.kernel_btf, args.maps)?;
-    let collectors = Arc::new(Collectors::start(&mut probes, &args.collectors));
+    let mut probes = Probes::load(&args.system.kernel_btf, args.maps, &args.cgroups)?;
+    let attribution = match args.cgroups.by_cgroup {
+        true => Some(start_attribution(&mut probes, &args)?),
+        false => None,
+    };
+    let collectors = Arc::new(Collectors::start(
+        &mut probes,
+        &args.collectors,
+        attribution,
+    ));
     probes.release_btf();
     let probes = Arc::new(Mutex::new(probes));
     let limits = Limits {
@@ -67,6 +76,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if collectors.attribution.is_some() {
+        runtime.spawn(maintain_periodically(collectors.clone()));
+    }
     let state = http::AppState {
         metrics: Arc::new(Metrics::new(collectors)),
         profiler: profiler.clone(),
@@ -97,6 +109,46 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
+}
+
+/// Finds (or mounts) the cgroup2 hierarchy and takes the shared cgroup
+/// maps, logging what they cost. Mounting needs CAP_SYS_ADMIN, which is why
+/// this runs before capabilities are dropped.
+fn start_attribution(probes: &mut Probes, args: &ServeArgs) -> anyhow::Result<Arc<Attribution>> {
+    let root = cgroup::mount::find_or_mount()?;
+    let attribution = Attribution::new(
+        probes,
+        root,
+        args.cgroups.cgroup_match.clone(),
+        args.cgroup_buckets,
+    )
+    .context("setting up --by-cgroup")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bytes = hostscope_common::cgroup::map_bytes(
+        args.cgroups.cgroup_max,
+        u32::try_from(cpus).unwrap_or(u32::MAX),
+    );
+    tracing::info!(
+        cgroup_root = %attribution.root().display(),
+        cgroup_max = args.cgroups.cgroup_max,
+        "per-cgroup series on; their kernel maps take {:.1} MiB",
+        bytes as f64 / f64::from(1 << 20)
+    );
+    Ok(Arc::new(attribution))
+}
+
+/// Reads the per-cgroup maps every [`cgroup::attribution::REVALIDATE`], so
+/// that the entries of removed cgroups leave the kernel even when nobody
+/// scrapes.
+async fn maintain_periodically(collectors: Arc<Collectors>) {
+    let mut tick = tokio::time::interval(cgroup::attribution::REVALIDATE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let collectors = collectors.clone();
+        // Map syscalls and a directory walk: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || collectors.maintain()).await;
+    }
 }
 
 /// Raises the soft open-file limit to the hard one, so that connections

@@ -2,8 +2,12 @@
 
 /// Per-CPU hash map: [`BlockKey`] -> [`crate::histogram::Histogram`].
 pub const BLOCK_LATENCY_MAP: &str = "BLOCK_LATENCY";
-/// Hash map: `struct request *` -> issue time, sized by `--block-max-inflight`.
+/// Hash map: `struct request *` -> [`BlockStart`], sized by `--block-max-inflight`.
 pub const BLOCK_START_MAP: &str = "BLOCK_START";
+/// Hash map: [`crate::cgroup::CgroupKey`] (disk, operation) ->
+/// [`crate::histogram::Histogram`], per submitting cgroup (`--by-cgroup`),
+/// updated atomically.
+pub const BLOCK_LATENCY_BY_CGROUP_MAP: &str = "BLOCK_LATENCY_BY_CGROUP";
 /// Per-CPU hash map: [`BlockKey`] -> `u64`, requests completed without a
 /// latency because a map was full when they were issued.
 pub const BLOCK_DROPPED_MAP: &str = "BLOCK_DROPPED";
@@ -27,10 +31,20 @@ pub const BLOCK_PROGRAMS: [(&str, &str); 3] = [
     ("block_rq_requeue", "block_rq_requeue"),
 ];
 
-/// The value a start-map entry holds for a request that was issued while
-/// the map was full, counted as dropped then, and requeued: its next issue
-/// must neither time it nor count it again.
+/// The `issued_ns` a start-map entry holds for a request that was issued
+/// while the map was full, counted as dropped then, and requeued: its next
+/// issue must neither time it nor count it again.
 pub const BLOCK_UNTIMED: u64 = u64::MAX;
+
+/// A start-map entry: when a request was issued, and by which cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStart {
+    /// Monotonic nanoseconds, or [`BLOCK_UNTIMED`].
+    pub issued_ns: u64,
+    /// The cgroup of the task that issued it (`--by-cgroup`), else 0.
+    pub cgroup: u64,
+}
 
 /// Names of the load-time constants: byte offsets of the kernel fields the
 /// completion program reads, found in the kernel's BTF by the daemon.

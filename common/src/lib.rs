@@ -8,6 +8,7 @@
 extern crate std;
 
 pub mod block;
+pub mod cgroup;
 pub mod histogram;
 pub mod profile;
 pub mod sched;

@@ -11,3 +11,7 @@ pub const SCHED_PROGRAMS: [(&str, &str); 3] = [
     ("sched_wakeup_new", "sched_wakeup_new"),
     ("sched_switch", "sched_switch"),
 ];
+
+/// Hash map: [`crate::cgroup::CgroupKey`] -> [`crate::histogram::Histogram`],
+/// the run-queue latency per cgroup (`--by-cgroup`), updated atomically.
+pub const RUNQ_LATENCY_BY_CGROUP_MAP: &str = "RUNQ_LATENCY_BY_CGROUP";

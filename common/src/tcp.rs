@@ -36,3 +36,11 @@ pub mod offsets {
     /// `struct sock.sk_protocol` (a `u16`)
     pub const SOCK_PROTOCOL: &str = "TCP_OFF_SK_PROTOCOL";
 }
+
+/// Hash map: [`crate::cgroup::CgroupKey`] (slot [`RTT_SLOT`] or
+/// [`CONNECT_SLOT`]) -> [`crate::histogram::Histogram`], per socket cgroup
+/// (`--by-cgroup`), updated atomically.
+pub const TCP_LATENCY_BY_CGROUP_MAP: &str = "TCP_LATENCY_BY_CGROUP";
+/// Hash map: [`crate::cgroup::CgroupKey`] (slot [`CONNECT_FAILURES_COUNTER`]
+/// or [`RETRANSMITS_COUNTER`]) -> `u64`, per socket cgroup, updated atomically.
+pub const TCP_COUNTERS_BY_CGROUP_MAP: &str = "TCP_COUNTERS_BY_CGROUP";

@@ -20,21 +20,29 @@
 //! - A request can trace more than one completion (a partial completion, or
 //!   the data part and then the end of a flush sequence): the first one with
 //!   an entry measures it, the later ones find none.
+//!
+//! With `--by-cgroup`, the cgroup of the task running at issue (the one that
+//! submitted the request, or the kernel thread that dispatched it) is kept
+//! in the start entry, and the latency goes to that cgroup's histogram.
 
-use crate::maps::{count, read_at};
+use crate::{
+    cgroup,
+    maps::{count, read_at},
+};
 use aya_ebpf::{
     Global,
     bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
     block::{
         BLOCK_DROPPED_UNKEYED_SLOTS, BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BLOCK_UNTIMED,
-        BlockKey, MINOR_BITS, REQ_OP_MASK,
+        BlockKey, BlockStart, MINOR_BITS, REQ_OP_MASK,
     },
+    cgroup::{CgroupKey, overflow_slot},
     histogram::Histogram,
 };
 
@@ -52,20 +60,20 @@ static BLOCK_OFF_DISK_MAJOR: Global<u32> = Global::new(0);
 /// `EEXIST`, as map updates with `BPF_NOEXIST` return it (negated).
 const EEXIST: i32 = 17;
 
-/// Issue time (monotonic ns) by `struct request *`, or [`BLOCK_UNTIMED`].
-/// The daemon sizes it (`--block-max-inflight`).
+/// Issue time (monotonic ns, or [`BLOCK_UNTIMED`]) and issuing cgroup by
+/// `struct request *`. The daemon sizes it (`--block-max-inflight`).
 #[map(name = "BLOCK_START")]
-static BLOCK_START: HashMap<u64, u64> = HashMap::with_max_entries(BLOCK_START_ENTRIES, 0);
+static BLOCK_START: HashMap<u64, BlockStart> = HashMap::with_max_entries(BLOCK_START_ENTRIES, 0);
 
 /// The histograms, one per (disk, operation), one copy per CPU.
 #[map(name = "BLOCK_LATENCY")]
 static BLOCK_LATENCY: PerCpuHashMap<BlockKey, Histogram> =
     PerCpuHashMap::with_max_entries(BLOCK_LATENCY_ENTRIES, 0);
 
-/// An all-zero histogram to insert new keys from: a histogram is larger than
-/// the 512-byte BPF stack, so it cannot be built there.
-#[map(name = "BLOCK_ZERO")]
-static BLOCK_ZERO: Array<Histogram> = Array::with_max_entries(1, 0);
+/// The histograms per (cgroup, disk, operation) (`--by-cgroup`); the daemon
+/// sizes it.
+#[map(name = "BLOCK_LATENCY_BY_CGROUP")]
+static BLOCK_LATENCY_BY_CGROUP: HashMap<CgroupKey, Histogram> = HashMap::with_max_entries(1, 0);
 
 /// Requests not measured because a map was full, per (disk, operation).
 #[map(name = "BLOCK_DROPPED")]
@@ -90,15 +98,24 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    match BLOCK_START.insert(rq, now, u64::from(BPF_NOEXIST)) {
+    let start = BlockStart {
+        issued_ns: now,
+        cgroup: if cgroup::enabled() {
+            cgroup::of_current()
+        } else {
+            0
+        },
+    };
+    match BLOCK_START.insert(rq, start, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         // A requeued request issued again, or a stale entry.
         Err(err) if err == -EEXIST => {
             // SAFETY: the value is copied out at once.
-            let untimed = unsafe { BLOCK_START.get(rq) }.is_some_and(|&v| v == BLOCK_UNTIMED);
+            let untimed =
+                unsafe { BLOCK_START.get(rq) }.is_some_and(|v| v.issued_ns == BLOCK_UNTIMED);
             if !untimed {
                 // Replacing an existing entry cannot fail for lack of room.
-                let _ = BLOCK_START.insert(rq, now, u64::from(BPF_EXIST));
+                let _ = BLOCK_START.insert(rq, start, u64::from(BPF_EXIST));
             }
         }
         Err(_) => count_dropped_at_issue(rq),
@@ -118,7 +135,11 @@ pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
     if state != 0 && unsafe { BLOCK_START.get(rq) }.is_none() {
         // Issued untimed: already counted as dropped. If there is no room
         // for the mark, its next issue may count it a second time.
-        let _ = BLOCK_START.insert(rq, BLOCK_UNTIMED, u64::from(BPF_NOEXIST));
+        let untimed = BlockStart {
+            issued_ns: BLOCK_UNTIMED,
+            cgroup: 0,
+        };
+        let _ = BLOCK_START.insert(rq, untimed, u64::from(BPF_NOEXIST));
     }
     0
 }
@@ -128,23 +149,34 @@ pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
 pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // SAFETY: the value is copied out at once.
-    let Some(&issued) = (unsafe { BLOCK_START.get(rq) }) else {
+    let Some(&start) = (unsafe { BLOCK_START.get(rq) }) else {
         return 0;
     };
     let _ = BLOCK_START.remove(rq);
-    if issued == BLOCK_UNTIMED {
+    if start.issued_ns == BLOCK_UNTIMED {
         return 0;
     }
     // SAFETY: the helper has no preconditions.
-    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(issued);
+    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.issued_ns);
     let Some(key) = request_key(rq) else {
         count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
         return 0;
     };
+    if cgroup::enabled() {
+        let key = CgroupKey {
+            cgroup: cgroup::series_of(start.cgroup, overflow_slot::BLOCK),
+            dev: key.dev,
+            slot: key.op,
+        };
+        if !cgroup::record(&BLOCK_LATENCY_BY_CGROUP, key, latency) {
+            count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
+        }
+        return 0;
+    }
     let histogram = match BLOCK_LATENCY.get_ptr_mut(key) {
         Some(histogram) => histogram,
         None => {
-            let Some(zero) = BLOCK_ZERO.get(0) else {
+            let Some(zero) = cgroup::HISTOGRAM_ZERO.get(0) else {
                 return 0;
             };
             // Another CPU may insert the same key first: that is fine, the

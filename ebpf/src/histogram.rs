@@ -13,7 +13,7 @@ pub fn record(histogram: &mut Histogram, value_ns: u64) {
 /// verifier cannot, and rejects the unchecked map-value access. Passing the
 /// index through an empty asm block keeps the check in the bytecode.
 #[inline(always)]
-fn opaque(value: usize) -> usize {
+pub fn opaque(value: usize) -> usize {
     let out: usize;
     // SAFETY: a register move; no memory is touched.
     unsafe {

@@ -8,6 +8,7 @@
 #![feature(asm_experimental_arch)]
 
 mod block;
+mod cgroup;
 mod floor;
 mod histogram;
 mod maps;

@@ -2,8 +2,14 @@
 //! active connect latency and failures (`inet_sock_set_state`), and
 //! retransmitted segments (`tcp_retransmit_skb`). IPv4 and IPv6 alike; no
 //! per-address or per-port state is exported, so cardinality stays fixed.
+//! With `--by-cgroup`, every number goes to the socket's cgroup (the cgroup
+//! of the task that created the socket), whichever task or softirq the
+//! event runs in.
 
-use crate::maps::{count, read_at, record};
+use crate::{
+    cgroup,
+    maps::{count, read_at, record},
+};
 use aya_ebpf::{
     Global,
     helpers::bpf_ktime_get_ns,
@@ -12,6 +18,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
+    cgroup::{CgroupKey, overflow_slot},
     histogram::Histogram,
     tcp::{
         CONNECT_DROPPED_COUNTER, CONNECT_FAILURES_COUNTER, CONNECT_SLOT, CONNECT_START_ENTRIES,
@@ -38,6 +45,46 @@ static TCP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(TCP_CO
 #[map(name = "TCP_CONNECT_START")]
 static TCP_CONNECT_START: HashMap<u64, u64> = HashMap::with_max_entries(CONNECT_START_ENTRIES, 0);
 
+/// RTT and connect latency per socket cgroup (`--by-cgroup`); the daemon
+/// sizes it.
+#[map(name = "TCP_LATENCY_BY_CGROUP")]
+static TCP_LATENCY_BY_CGROUP: HashMap<CgroupKey, Histogram> = HashMap::with_max_entries(1, 0);
+
+/// Failures and retransmits per socket cgroup (`--by-cgroup`).
+#[map(name = "TCP_COUNTERS_BY_CGROUP")]
+static TCP_COUNTERS_BY_CGROUP: HashMap<CgroupKey, u64> = HashMap::with_max_entries(1, 0);
+
+/// The per-cgroup key of socket `sk`'s series `slot`; the event is counted
+/// as overflow in `overflow` if the cgroup has no room.
+#[inline(always)]
+fn key_of(sk: u64, slot: u32, overflow: u32) -> CgroupKey {
+    CgroupKey {
+        cgroup: cgroup::series_of(cgroup::of_sock(sk), overflow),
+        dev: 0,
+        slot,
+    }
+}
+
+/// Records a latency in histogram `slot`, for the socket's cgroup or not.
+#[inline(always)]
+fn record_latency(sk: u64, slot: u32, overflow: u32, value_ns: u64) {
+    if cgroup::enabled() {
+        cgroup::record(&TCP_LATENCY_BY_CGROUP, key_of(sk, slot, overflow), value_ns);
+    } else {
+        record(&TCP_LATENCY, slot, value_ns);
+    }
+}
+
+/// Counts an event in counter `counter`, for the socket's cgroup or not.
+#[inline(always)]
+fn count_event(sk: u64, counter: u32, overflow: u32) {
+    if cgroup::enabled() {
+        cgroup::count_in(&TCP_COUNTERS_BY_CGROUP, key_of(sk, counter, overflow));
+    } else {
+        count(&TCP_COUNTERS_MAP, counter);
+    }
+}
+
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -51,7 +98,12 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     if let Some(srtt_x8) = read_at::<u32>(sk, TCP_OFF_SRTT_US.load())
         && srtt_x8 != 0
     {
-        record(&TCP_LATENCY, RTT_SLOT, u64::from(srtt_x8 >> 3) * 1_000);
+        record_latency(
+            sk,
+            RTT_SLOT,
+            overflow_slot::TCP_PROBE,
+            u64::from(srtt_x8 >> 3) * 1_000,
+        );
     }
     0
 }
@@ -84,13 +136,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let _ = TCP_CONNECT_START.remove(sk);
     if new == TCP_ESTABLISHED {
         // SAFETY: the helper has no preconditions.
-        record(
-            &TCP_LATENCY,
-            CONNECT_SLOT,
-            unsafe { bpf_ktime_get_ns() }.saturating_sub(started),
-        );
+        let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+        record_latency(sk, CONNECT_SLOT, overflow_slot::TCP_STATE, latency);
     } else if new == TCP_CLOSE {
-        count(&TCP_COUNTERS_MAP, CONNECT_FAILURES_COUNTER);
+        count_event(sk, CONNECT_FAILURES_COUNTER, overflow_slot::TCP_STATE);
     }
     0
 }
@@ -100,9 +149,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// own retransmit counters are.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
     let err: i32 = ctx.arg(2);
     if err == 0 {
-        count(&TCP_COUNTERS_MAP, RETRANSMITS_COUNTER);
+        count_event(sk, RETRANSMITS_COUNTER, overflow_slot::TCP_RETRANSMIT);
     }
     0
 }

@@ -3,7 +3,49 @@
 //! with v1 controllers), and anywhere an administrator chose otherwise, so it
 //! is looked up in /proc/self/mountinfo, never assumed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Where hostscope mounts cgroup2 on a host that has it nowhere.
+pub const PRIVATE_MOUNT: &str = "/run/hostscope/cgroup2";
+
+/// The cgroup v2 hierarchy could not be found or mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// /proc/self/mountinfo could not be read.
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mountinfo(std::io::Error),
+    /// No cgroup2 mount, and mounting one failed.
+    #[error(
+        "no cgroup2 hierarchy is mounted and mounting one at {PRIVATE_MOUNT} failed ({0}); \
+         mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or run without --by-cgroup"
+    )]
+    Mount(std::io::Error),
+}
+
+/// The cgroup2 mount point, mounting the hierarchy at [`PRIVATE_MOUNT`] if
+/// it is mounted nowhere (a v1-only host). Needs CAP_SYS_ADMIN for that,
+/// so it runs before the daemon drops its capabilities.
+pub fn find_or_mount() -> Result<PathBuf, MountError> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::Mountinfo)?;
+    if let Some(found) = find_cgroup2(&mountinfo) {
+        return Ok(found);
+    }
+    let target = Path::new(PRIVATE_MOUNT);
+    std::fs::create_dir_all(target).map_err(MountError::Mount)?;
+    rustix::mount::mount(
+        "cgroup2",
+        target,
+        "cgroup2",
+        rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC,
+        None::<&std::ffi::CStr>,
+    )
+    .map_err(|errno| MountError::Mount(errno.into()))?;
+    tracing::info!("no cgroup2 hierarchy was mounted; mounted one at {PRIVATE_MOUNT}");
+    Ok(target.to_path_buf())
+}
 
 /// The cgroup2 mount point in `mountinfo` (the text of
 /// /proc/self/mountinfo): the first one that shows the hierarchy's root,

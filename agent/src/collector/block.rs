@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -10,20 +10,24 @@ use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use hostscope_common::{
     block::{
         BLOCK_DROPPED_MAP, BLOCK_DROPPED_UNKEYED_MAP, BLOCK_DROPPED_UNKEYED_SLOTS,
-        BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey, MINOR_BITS, op_name,
+        BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_LATENCY_MAP, BLOCK_PROGRAMS, BlockKey, MINOR_BITS,
+        op_name,
     },
     histogram::Histogram,
 };
 
-use super::{Collector, CollectorKind, Family, Labels, Registration, StartError, Values};
-use crate::probes::Probes;
+use super::{Collector, CollectorKind, Family, Labels, Registration, StartError, reading::Layout};
+use crate::{
+    cgroup::{Attribution, series::PerCgroup},
+    probes::Probes,
+};
 
 /// The block collector's entry in the registry.
 pub const REGISTRATION: Registration = Registration {
     kind: CollectorKind::Block,
     name: "block",
     title: "block I/O latency",
-    attach: |probes| Ok(Box::new(BlockCollector::attach(probes)?)),
+    attach: |probes, attribution| Ok(Box::new(BlockCollector::attach(probes, attribution)?)),
 };
 
 /// Reads the block histograms the kernel fills.
@@ -34,6 +38,9 @@ pub struct BlockCollector {
     dropped: Mutex<PerCpuHashMap<MapData, BlockKey, u64>>,
     dropped_unkeyed: PerCpuArray<MapData, u64>,
     names: Mutex<NameCache>,
+    /// With `--by-cgroup`: the histograms per submitting cgroup, which the
+    /// kernel fills instead (the dropped counts stay per disk).
+    by_cgroup: Option<(Arc<Attribution>, PerCgroup<Histogram>)>,
 }
 
 /// Disk names by dev_t, looked up in sysfs at most once a second per disk:
@@ -60,18 +67,49 @@ impl NameCache {
 
 impl BlockCollector {
     /// Attaches the block programs and takes their maps.
-    pub fn attach(probes: &mut Probes) -> Result<Self, StartError> {
+    pub fn attach(
+        probes: &mut Probes,
+        attribution: Option<&Arc<Attribution>>,
+    ) -> Result<Self, StartError> {
         probes.check_layout("block")?;
         let latency = probes.take_map(BLOCK_LATENCY_MAP)?;
         let dropped = probes.take_map(BLOCK_DROPPED_MAP)?;
         let dropped_unkeyed = probes.take_map(BLOCK_DROPPED_UNKEYED_MAP)?;
+        let by_cgroup = match attribution {
+            Some(attribution) => Some((
+                attribution.clone(),
+                PerCgroup::take(probes, BLOCK_LATENCY_BY_CGROUP_MAP)?,
+            )),
+            None => None,
+        };
         probes.attach_btf_tracepoints(&BLOCK_PROGRAMS)?;
         Ok(Self {
             latency: Mutex::new(latency),
             dropped: Mutex::new(dropped),
             dropped_unkeyed,
             names: Mutex::default(),
+            by_cgroup,
         })
+    }
+
+    /// The per-cgroup histograms, labelled by cgroup, disk and operation.
+    /// Rows of disks that no longer exist are left out.
+    fn by_cgroup(
+        attribution: &Attribution,
+        per_cgroup: &PerCgroup<Histogram>,
+        names: &mut NameCache,
+    ) -> Result<Vec<(Labels, Histogram)>, MapError> {
+        let rows = per_cgroup.read(attribution)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let device = names.get(row.dev)?;
+                let mut labels = row.labels;
+                labels.push(("device", device));
+                labels.push(("op", op_name(row.slot).to_owned()));
+                Some((labels, row.value))
+            })
+            .collect())
     }
 }
 
@@ -116,20 +154,28 @@ impl Collector for BlockCollector {
             ];
             dropped_by_disk.push((unknown, unknown_disk));
         }
+        let (histograms, layout) = match &self.by_cgroup {
+            Some((attribution, per_cgroup)) => (
+                Self::by_cgroup(attribution, per_cgroup, &mut names)?,
+                attribution.layout(),
+            ),
+            None => (histograms, Layout::Fine),
+        };
         Ok(vec![
-            Family {
-                name: "hostscope_block_io_latency",
-                short: "latency",
-                help: "Block I/O latency from issue to the device driver to completion, per disk and operation.",
-                values: Values::Histograms(histograms),
-            },
-            Family {
-                name: "hostscope_block_io_dropped",
-                short: "dropped",
-                help: "Block requests completed without a latency because more were in flight \
-                       than --block-max-inflight; with the histogram's count, every completed request.",
-                values: Values::Counters(dropped_by_disk),
-            },
+            Family::histograms(
+                "hostscope_block_io_latency",
+                "latency",
+                "Block I/O latency from issue to the device driver to completion, per disk and operation.",
+                histograms,
+                layout,
+            ),
+            Family::counters(
+                "hostscope_block_io_dropped",
+                "dropped",
+                "Block requests completed without a latency because more were in flight \
+                 than --block-max-inflight; with the histogram's count, every completed request.",
+                dropped_by_disk,
+            ),
         ])
     }
 }

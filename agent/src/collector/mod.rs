@@ -10,14 +10,17 @@ pub mod reading;
 pub mod sched;
 pub mod tcp;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use aya::maps::MapError;
 use clap::ValueEnum;
 
-use crate::probes::{AttachError, Probes};
+use crate::{
+    cgroup::Attribution,
+    probes::{AttachError, Probes},
+};
 
-pub use reading::{Family, Labels, Values};
+pub use reading::{Family, Labels, Layout, Values};
 
 /// A collector's name, as used by `--collectors`, `hist` and the `collector` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -71,8 +74,10 @@ pub struct Registration {
     pub name: &'static str,
     /// What `hist` calls it: "run-queue latency".
     pub title: &'static str,
-    /// Loads and attaches its programs and takes its maps.
-    pub attach: fn(&mut Probes) -> Result<Box<dyn Collector>, StartError>,
+    /// Loads and attaches its programs and takes its maps; with
+    /// `--by-cgroup`, its per-cgroup maps too.
+    pub attach:
+        fn(&mut Probes, Option<&Arc<Attribution>>) -> Result<Box<dyn Collector>, StartError>,
 }
 
 /// Every collector, in the order their families appear in /metrics.
@@ -103,6 +108,8 @@ pub struct Collectors {
     pub running: Vec<(CollectorKind, Box<dyn Collector>)>,
     /// One entry per enabled collector, in the order they were asked for.
     pub statuses: Vec<Status>,
+    /// With `--by-cgroup`: the attribution every collector shares.
+    pub attribution: Option<Arc<Attribution>>,
 }
 
 // A collector's maps are not Debug; the statuses say all that is worth printing.
@@ -118,13 +125,21 @@ impl Collectors {
     /// Starts every collector in `kinds` (duplicates ignored). Failures are
     /// logged and recorded, never returned: one collector down must not take
     /// the others with it.
-    pub fn start(probes: &mut Probes, kinds: &[CollectorKind]) -> Self {
-        let mut collectors = Collectors::default();
+    pub fn start(
+        probes: &mut Probes,
+        kinds: &[CollectorKind],
+        attribution: Option<Arc<Attribution>>,
+    ) -> Self {
+        let mut collectors = Collectors {
+            attribution,
+            ..Collectors::default()
+        };
         for &kind in kinds {
             if collectors.statuses.iter().any(|s| s.kind == kind) {
                 continue;
             }
-            let down_reason = match (kind.registration().attach)(probes) {
+            let attach = kind.registration().attach;
+            let down_reason = match attach(probes, collectors.attribution.as_ref()) {
                 Ok(collector) => {
                     tracing::info!(collector = %kind, "collector up");
                     collectors.running.push((kind, collector));
@@ -144,6 +159,51 @@ impl Collectors {
         let position = |kind: CollectorKind| REGISTRY.iter().position(|r| r.kind == kind);
         collectors.running.sort_by_key(|(kind, _)| position(*kind));
         collectors
+    }
+
+    /// Reads every running collector, for what reading does besides: with
+    /// `--by-cgroup`, removing the series of cgroups that are gone and
+    /// folding rejected ones into "other", so that kernel maps stay bounded
+    /// between scrapes.
+    pub fn maintain(&self) {
+        if let Some(attribution) = &self.attribution {
+            attribution.sweep();
+        }
+        for (kind, collector) in &self.running {
+            if let Err(err) = collector.read() {
+                tracing::warn!(collector = %kind, "reading the maps failed: {err}");
+            }
+        }
+    }
+
+    /// Events counted under cgroup="other" because `--cgroup-max` was
+    /// reached, per running collector; `None` without `--by-cgroup`.
+    pub fn overflow_family(&self) -> Option<Family> {
+        let attribution = self.attribution.as_ref()?;
+        let totals = match attribution.overflow() {
+            Ok(totals) => totals,
+            Err(err) => {
+                tracing::warn!("reading the cgroup overflow counters failed: {err}");
+                return None;
+            }
+        };
+        let series = self
+            .running
+            .iter()
+            .map(|(kind, _)| {
+                let value = totals
+                    .iter()
+                    .find(|(name, _)| *name == kind.name())
+                    .map_or(0, |(_, v)| *v);
+                (vec![("collector", kind.name().to_owned())], value)
+            })
+            .collect();
+        Some(Family::counters(
+            "hostscope_cgroup_overflow",
+            "cgroup_overflow",
+            "Events counted under cgroup=\"other\" because --cgroup-max cgroups already had series.",
+            series,
+        ))
     }
 
     /// The running collector `kind`, if it is up.

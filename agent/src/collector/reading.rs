@@ -20,6 +20,20 @@ pub struct Family {
     pub help: &'static str,
     /// The series.
     pub values: Values,
+    /// The bucket layout histograms are exported with.
+    pub layout: Layout,
+}
+
+/// How many buckets a histogram is exported with. The kernel always keeps
+/// the fine layout; the coarse one adds up groups of its buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Four buckets per power of two (116 series per histogram).
+    #[default]
+    Fine,
+    /// One bucket per factor of four (18 series per histogram), for
+    /// per-cgroup series.
+    Coarse,
 }
 
 /// A family's series: latency histograms (in seconds when exported) or
@@ -45,6 +59,40 @@ impl Family {
             short,
             help,
             values: Values::Histograms(vec![(Vec::new(), histogram)]),
+            layout: Layout::Fine,
+        }
+    }
+
+    /// A family of labelled histograms.
+    pub fn histograms(
+        name: &'static str,
+        short: &'static str,
+        help: &'static str,
+        series: Vec<(Labels, Histogram)>,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            name,
+            short,
+            help,
+            values: Values::Histograms(series),
+            layout,
+        }
+    }
+
+    /// A family of labelled counters.
+    pub fn counters(
+        name: &'static str,
+        short: &'static str,
+        help: &'static str,
+        series: Vec<(Labels, u64)>,
+    ) -> Self {
+        Self {
+            name,
+            short,
+            help,
+            values: Values::Counters(series),
+            layout: Layout::Fine,
         }
     }
 
@@ -60,6 +108,7 @@ impl Family {
             short,
             help,
             values: Values::Counters(vec![(Vec::new(), value)]),
+            layout: Layout::Fine,
         }
     }
 }

@@ -110,7 +110,6 @@ fn interval_lines(
         match &family.values {
             Values::Histograms(series) => {
                 for (labels, histogram) in series {
-                    any_series = true;
                     let earlier = match before.map(|f| &f.values) {
                         Some(Values::Histograms(earlier)) => earlier
                             .iter()
@@ -118,19 +117,20 @@ fn interval_lines(
                             .map_or(Histogram::ZERO, |(_, h)| *h),
                         _ => Histogram::ZERO,
                     };
+                    let delta = histogram.since(&earlier);
+                    // Per cgroup (--by-cgroup), only the cgroups that had
+                    // events this interval: a host has hundreds.
+                    if delta.count == 0 && labels.iter().any(|(name, _)| *name == "cgroup") {
+                        continue;
+                    }
+                    any_series = true;
                     // A collector with several histograms names which one.
                     let mut shown: Labels = Vec::new();
                     if histogram_families > 1 {
                         shown.push(("histogram", family.short.to_owned()));
                     }
                     shown.extend(labels.iter().cloned());
-                    lines.push(series_line(
-                        format,
-                        kind,
-                        &shown,
-                        &histogram.since(&earlier),
-                        elapsed,
-                    )?);
+                    lines.push(series_line(format, kind, &shown, &delta, elapsed)?);
                 }
             }
             Values::Counters(series) => {
@@ -214,6 +214,7 @@ fn series_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::Layout;
 
     fn histogram_of(values: &[u64]) -> Histogram {
         let mut h = Histogram::ZERO;
@@ -269,12 +270,14 @@ mod tests {
                     short: "latency",
                     help: "",
                     values: Values::Histograms(series),
+                    layout: Layout::Fine,
                 },
                 Family {
                     name: "b_dropped",
                     short: "dropped",
                     help: "",
                     values: Values::Counters(vec![(disk("vda"), dropped), (disk("sdb"), 1)]),
+                    layout: Layout::Fine,
                 },
             ]
         };
@@ -309,6 +312,7 @@ mod tests {
             short: "s",
             help: "",
             values: Values::Histograms(Vec::new()),
+            layout: Layout::Fine,
         }];
         let text =
             interval_lines(HistFormat::Text, CollectorKind::Sched, &empty, &empty, 1.0).unwrap();

@@ -188,7 +188,9 @@ static BOUNDS_SECONDS: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| {
 /// overflow bucket.
 fn ends_coarse_bucket(index: usize) -> bool {
     match bucket_upper_bound_ns(index) {
-        Some(bound) => bound.is_power_of_two() && (bound.trailing_zeros() - MIN_EXP) % 2 == 0,
+        Some(bound) => {
+            bound.is_power_of_two() && (bound.trailing_zeros() - MIN_EXP).is_multiple_of(2)
+        }
         None => true,
     }
 }
@@ -381,9 +383,10 @@ mod tests {
         for (bound, cumulative) in [
             ("1.28e-7", 1),
             ("5.12e-7", 3),
-            ("2.048e-6", 4),
-            ("8.192e-6", 5),
-            ("0.001048576", 6),
+            ("0.000002048", 4),
+            ("0.000008192", 5),
+            ("0.000524288", 5),
+            ("0.002097152", 6),
             ("34.359738368", 6),
             ("+Inf", 7),
         ] {

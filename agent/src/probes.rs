@@ -149,7 +149,11 @@ impl Probes {
             }
             Err(err) => {
                 for (collector, _) in LAYOUTS {
-                    layout_errors.push((collector, err.to_string()));
+                    // The scheduler programs read kernel fields only to
+                    // find a task's cgroup.
+                    if collector != "sched" || cgroups.by_cgroup {
+                        layout_errors.push((collector, err.to_string()));
+                    }
                 }
             }
         }

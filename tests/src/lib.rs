@@ -12,6 +12,7 @@
 )]
 
 pub mod blockdev;
+pub mod cgroup;
 pub mod daemon;
 pub mod exposition;
 pub mod netns;

@@ -90,6 +90,8 @@ fn bad_connection_limit_and_queue_are_usage_errors() {
         ),
         (&["--profile-max-queue=-1"], None, "--profile-max-queue"),
         (&["--block-max-inflight", "0"], None, "--block-max-inflight"),
+        (&["--cgroup-max", "0"], None, "--cgroup-max"),
+        (&[], Some(("HOSTSCOPE_CGROUP_MAX", "lots")), "--cgroup-max"),
         (
             &[],
             Some(("HOSTSCOPE_BLOCK_MAX_INFLIGHT", "99999999999")),
@@ -121,6 +123,20 @@ fn bad_connection_limit_and_queue_are_usage_errors() {
             "says which flag and what it takes: {stderr}"
         );
     }
+}
+
+#[test]
+fn bad_cgroup_flags_are_usage_errors() {
+    assert_usage_error(
+        &["serve", "--cgroup-match", "(unclosed"],
+        "is not a regular expression",
+    );
+    assert_usage_error(
+        &["hist", "sched", "--cgroup-match", "a{99999}"],
+        "--cgroup-match",
+    );
+    assert_usage_error(&["serve", "--cgroup-buckets", "tiny"], "--cgroup-buckets");
+    assert_usage_error(&["hist", "block", "--cgroup-max", "65537"], "--cgroup-max");
 }
 
 #[test]

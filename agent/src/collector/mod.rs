@@ -66,6 +66,11 @@ pub trait Collector: Send + Sync {
     fn read(&self) -> Result<Vec<Family>, MapError>;
 }
 
+/// Loads and attaches one collector's programs and takes its maps (with
+/// `--by-cgroup`, its per-cgroup maps too).
+pub type AttachFn =
+    fn(&mut Probes, Option<&Arc<Attribution>>) -> Result<Box<dyn Collector>, StartError>;
+
 /// How to start one collector.
 pub struct Registration {
     /// Its identity on the command line.
@@ -76,8 +81,7 @@ pub struct Registration {
     pub title: &'static str,
     /// Loads and attaches its programs and takes its maps; with
     /// `--by-cgroup`, its per-cgroup maps too.
-    pub attach:
-        fn(&mut Probes, Option<&Arc<Attribution>>) -> Result<Box<dyn Collector>, StartError>,
+    pub attach: AttachFn,
 }
 
 /// Every collector, in the order their families appear in /metrics.

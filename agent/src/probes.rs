@@ -355,7 +355,7 @@ fn first_line(err: &ProgramError) -> String {
 mod tests {
     use std::collections::HashSet;
 
-    use hostscope_common::{block, profile, sched, tcp};
+    use hostscope_common::{block, cgroup, profile, sched, tcp};
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
     use super::OBJECT;
@@ -380,6 +380,13 @@ mod tests {
             profile::PROFILE_COMMS_MAP,
             profile::PROFILE_FILTER_MAP,
             profile::PROFILE_DROPPED_MAP,
+            cgroup::CGROUP_ADMITTED_MAP,
+            cgroup::CGROUP_EXCLUDED_MAP,
+            cgroup::CGROUP_OVERFLOW_MAP,
+            sched::RUNQ_LATENCY_BY_CGROUP_MAP,
+            block::BLOCK_LATENCY_BY_CGROUP_MAP,
+            tcp::TCP_LATENCY_BY_CGROUP_MAP,
+            tcp::TCP_COUNTERS_BY_CGROUP_MAP,
         ];
         let mut programs = vec![profile::PROFILE_PROGRAM];
         for list in [
@@ -397,6 +404,12 @@ mod tests {
             block::offsets::DISK_MAJOR,
             tcp::offsets::TCP_SOCK_SRTT_US,
             tcp::offsets::SOCK_PROTOCOL,
+            cgroup::globals::ENABLED,
+            cgroup::globals::TASK_CGROUPS,
+            cgroup::globals::CSS_SET_DFL_CGRP,
+            cgroup::globals::CGROUP_KN,
+            cgroup::globals::KERNFS_NODE_ID,
+            cgroup::globals::SOCK_CGROUP,
         ];
         let missing: Vec<&str> = maps
             .iter()

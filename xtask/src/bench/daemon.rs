@@ -25,6 +25,11 @@ pub struct Daemon {
 /// Starts `hostscope serve` with every collector and waits for a scrape that
 /// reports every collector's state.
 pub fn start() -> anyhow::Result<Daemon> {
+    start_with(&[])
+}
+
+/// Like [`start`], with extra arguments for `serve`.
+pub fn start_with(extra: &[&str]) -> anyhow::Result<Daemon> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
@@ -37,6 +42,7 @@ pub fn start() -> anyhow::Result<Daemon> {
                 .join(","),
         )
         .args(["--log-level", "warn"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

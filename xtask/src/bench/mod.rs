@@ -3,6 +3,7 @@
 //! Targets are goals, not assertions: a missed one is marked in the table.
 
 mod daemon;
+mod per_cgroup;
 mod programs;
 mod report;
 mod workloads;
@@ -95,6 +96,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     section(&mut report, "workload slowdown", |r| slowdown(r, &plan));
     section(&mut report, "daemon", |r| daemon_costs(r, &plan));
+    section(&mut report, "per cgroup", |r| per_cgroup::costs(r, &plan));
     section(&mut report, "profiling", |r| profiling(r, &plan));
 
     let markdown = report.markdown();
@@ -169,6 +171,9 @@ fn is_program(name: &str, function: &str) -> bool {
 /// is each tool's run time over its run count on that workload's events.
 fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let hostscope = Attached::start("hostscope", 0, || Ok(daemon::start()?.holder))?;
+    let by_cgroup = Attached::start("hostscope --by-cgroup", 0, || {
+        Ok(daemon::start_with(&["--by-cgroup"])?.holder)
+    })?;
     let runqlat = Attached::start("libbpf-tools runqlat", 3, || spawn("runqlat", &["3600"]))?;
     let runqlat_bt = Attached::start("bpftrace runqlat", 0, || {
         spawn("bpftrace", &["-e", RUNQLAT_BPFTRACE])
@@ -205,6 +210,15 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         cost(&runqlat, &sched),
         "<= 0.5x",
         0.5,
+    ));
+    report.push(Row::ratio(
+        section,
+        "scheduler probes with --by-cgroup, ns/event",
+        cost(&by_cgroup, &sched),
+        &runqlat.label,
+        cost(&runqlat, &sched),
+        "<= 0.6x",
+        0.6,
     ));
     for peer in [&runqlat_bt, &floor] {
         let peer_cost = cost(peer, &|_| true);

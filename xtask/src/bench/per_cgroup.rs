@@ -1,0 +1,143 @@
+//! What `--by-cgroup` costs besides per-event time: kernel map memory
+//! (computed from the map definitions, for hosts this one is not) and the
+//! exposition with 100 labelled cgroups.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use hostscope_common::cgroup::map_bytes;
+
+use super::{Plan, daemon, report::Report, report::Row, workloads::LoopDevice};
+
+const SECTION: &str = "per cgroup";
+
+/// Every row of the section.
+pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let here = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let here = u32::try_from(here).unwrap_or(u32::MAX);
+    for (cgroups, cpus) in [(256, here), (1_000, here), (256, 128), (1_000, 128)] {
+        report.push(Row::value(
+            SECTION,
+            &format!("kernel map memory, {cgroups} cgroups on {cpus} CPUs, MiB (computed)"),
+            map_bytes(cgroups, cpus) as f64 / f64::from(1 << 20),
+            "",
+            true,
+        ));
+    }
+    exposition_with_100_cgroups(report, plan)
+}
+
+/// 100 cgroups, each with a process that did some block I/O and then
+/// sleeps (so that its cgroup stays): the size of /metrics and its latency.
+fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let daemon = daemon::start_with(&["--by-cgroup"])?;
+    let device = LoopDevice::create(16)?;
+    let root = cgroup2_root()?;
+    let mut groups = Groups::default();
+    for i in 0..100 {
+        let dir = root.join(format!("hostscope-bench-{}-{i}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        groups.dirs.push(dir.clone());
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "read _ && dd if={} of=/dev/null bs=4k count=4 iflag=direct status=none; \
+                     exec sleep 600",
+                    device.path
+                ),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting a process for a cgroup")?;
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string())
+            .context("moving a process into its cgroup")?;
+        child
+            .stdin
+            .take()
+            .context("piped stdin")?
+            .write_all(b"\n")
+            .context("releasing a process")?;
+        groups.children.push(child);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let body = daemon::agent()
+        .get(format!("{}/metrics", daemon.url))
+        .call()
+        .context("scraping")?
+        .body_mut()
+        .read_to_string()
+        .context("reading /metrics")?;
+    let labelled = body
+        .lines()
+        .filter(|l| l.contains("cgroup=\"/hostscope-bench-"))
+        .count();
+    report.push(Row::value(
+        SECTION,
+        "/metrics with 100 labelled cgroups, KiB (plain text)",
+        body.len() as f64 / 1024.0,
+        "",
+        true,
+    ));
+    report.push(Row::value(
+        SECTION,
+        "  series of those cgroups (sched and block, coarse buckets)",
+        labelled as f64,
+        "",
+        labelled > 0,
+    ));
+    let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
+    report.push(Row::value(
+        SECTION,
+        "/metrics p50 latency with 100 labelled cgroups, 50 clients, ms",
+        p50,
+        "",
+        true,
+    ));
+    report.push(Row::value(
+        SECTION,
+        "/metrics p99 latency with 100 labelled cgroups, 50 clients, ms",
+        p99,
+        "",
+        true,
+    ));
+    Ok(())
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split(' ').next()? == "cgroup2").then(|| before.split(' ').nth(4))?
+        })
+        .map(PathBuf::from)
+        .context("no cgroup2 hierarchy is mounted")
+}
+
+/// The benchmark's cgroups and their processes, removed on drop.
+#[derive(Default)]
+struct Groups {
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

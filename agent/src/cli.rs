@@ -102,6 +102,11 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub frequency: Option<String>,
 
+    /// Only tasks in this cgroup v2 or below it: its path under the cgroup2
+    /// root, such as /system.slice/nginx.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = ProfileFormat::Svg)]
     pub format: ProfileFormat,

@@ -115,7 +115,7 @@ impl Profiler {
         let _place = self.admission.admit()?;
         let _turn = self.admission.unless_shutdown(self.turn.lock()).await?;
         self.reset(ProfileFilter {
-            cgroup: 0,
+            cgroup: request.cgroup.as_ref().map_or(0, |c| c.id),
             tgid: request.pid.unwrap_or(0),
             reserved: 0,
         })?;

@@ -107,6 +107,11 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
 
+    /// `cgroup`: each stack's cgroup path as its root frame, above the
+    /// process name (svg and folded; pprof has a cgroup label either way).
+    #[arg(long, value_name = "cgroup")]
+    pub group_by: Option<String>,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = ProfileFormat::Svg)]
     pub format: ProfileFormat,

@@ -28,6 +28,7 @@ pub(crate) fn params(args: &ProfileArgs) -> Params<'_> {
         pid: args.pid.as_deref(),
         frequency: args.frequency.as_deref(),
         cgroup: args.cgroup.as_deref(),
+        group_by: args.group_by.as_deref(),
     }
 }
 

@@ -27,7 +27,7 @@ const DAEMON_LIMITS: Limits = Limits {
 
 /// `data` is what a client puts after `?`. It is decoded as the endpoints
 /// decode it (hyper's URI parser, then axum's `Query`); besides `seconds`,
-/// `pid`, `frequency` and `cgroup`, the keys `max_seconds`, `max_frequency`,
+/// `pid`, `frequency`, `cgroup` and `group_by`, the keys `max_seconds`, `max_frequency`,
 /// `interval` and `count` go to the command-line flags of those names, so
 /// that one input reaches every parser. Promises: no panic; a request is
 /// within its limits or refused with one short line; a flag's value is
@@ -51,6 +51,7 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
         pid: param("pid"),
         frequency: param("frequency"),
         cgroup: param("cgroup"),
+        group_by: param("group_by"),
     };
     // With no cgroup2 mounted, and with one that has no such cgroup.
     let roots = [None, Some(PathBuf::from(NO_SUCH_ROOT))];
@@ -69,6 +70,7 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
         ("--pid", "pid"),
         ("--frequency", "frequency"),
         ("--cgroup", "cgroup"),
+        ("--group-by", "group_by"),
     ] {
         if let Some(value) = param(key) {
             args.extend([flag, value]);
@@ -181,6 +183,7 @@ fn within_limits(limits: &Limits, result: Result<Request, ProfileError>) -> Resu
                 pid,
                 frequency,
                 ref cgroup,
+                group_by: _,
             } = request;
             // Every root the checks are given lacks every cgroup.
             if !(1..=limits.max_seconds).contains(&seconds)

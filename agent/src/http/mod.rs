@@ -37,7 +37,8 @@ const INDEX: &str = "hostscope\n\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
     /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n\
     \n\
-    Profiles also take frequency=HZ and cgroup=/PATH (that cgroup v2 and below).\n";
+    Profiles also take frequency=HZ, cgroup=/PATH (that cgroup v2 and below)\n\
+    and group_by=cgroup (the cgroup path as the root frame).\n";
 
 /// Serves at most `max_connections` at once until `shutdown` is cancelled,
 /// then gives in-flight requests a moment to finish.
@@ -131,6 +132,7 @@ async fn respond(
         pid: param("pid"),
         frequency: param("frequency"),
         cgroup: param("cgroup"),
+        group_by: param("group_by"),
     }) {
         Ok(request) => profiler.capture(request).await,
         Err(err) => Err(err),

@@ -119,7 +119,7 @@ impl Profiler {
             tgid: request.pid.unwrap_or(0),
             reserved: 0,
         })?;
-        let symbolizer = symbolize::Worker::start(self.sandbox.clone());
+        let symbolizer = symbolize::Worker::start(self.sandbox.clone(), request.cgroup.clone());
         {
             let _sampling = Sampling::start(&self.probes, request.frequency)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);

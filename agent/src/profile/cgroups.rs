@@ -1,19 +1,35 @@
 //! cgroup v2 in profiles: the `cgroup` parameter (a path under the cgroup2
-//! root, checked, then resolved to the id the sampler compares).
+//! root, checked, then resolved to the id the sampler compares), and the
+//! names of the cgroups samples came from.
+//!
+//! The sampler records each sample's cgroup id; ids become paths here. A
+//! cgroup can be removed before the capture ends, so names are gathered
+//! three ways: a walk of the hierarchy when the capture starts, the cgroup
+//! of each sampled process when it is first seen (a cgroup that lived for
+//! part of the capture), and a walk at the end.
 
 use std::{
+    collections::HashMap,
+    io::Read as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use super::ProfileError;
 use crate::{
-    cgroup::{mount, paths},
+    cgroup::{
+        mount,
+        paths::{self, CgroupPaths},
+    },
     quote::quoted,
 };
 
 /// Longest `cgroup` value accepted, in bytes: PATH_MAX.
 pub const MAX_PATH_BYTES: usize = 4096;
+
+/// What a sample's cgroup is called when no walk or process named it (it
+/// was created and removed between two looks, or the walk was cut short).
+pub const UNKNOWN: &str = "[unknown cgroup]";
 
 /// A cgroup a request is limited to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +107,115 @@ pub fn resolve(root: Option<&Path>, path: &str) -> Result<CgroupFilter, ProfileE
         path: path.to_owned(),
         id: meta.ino(),
     })
+}
+
+/// `relative` (as [`CgroupPaths`] writes paths under a walk's start)
+/// joined to `base`, the path where that walk started.
+fn under(base: &str, relative: &str) -> String {
+    match (base, relative) {
+        ("/", _) => relative.to_owned(),
+        (_, "/") => base.to_owned(),
+        _ => format!("{base}{relative}"),
+    }
+}
+
+/// The cgroup id to path map of one capture.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// The cgroup2 mount point; `None` if there is none: every id is unknown.
+    root: Option<PathBuf>,
+    /// The cgroup the capture is limited to, if it is.
+    filter: Option<String>,
+    /// Walks of the hierarchy (or of the filter's subtree), latest last.
+    walks: Vec<CgroupPaths>,
+    /// Cgroups of sampled processes, read when each was first seen.
+    of_processes: HashMap<u64, String>,
+}
+
+impl Names {
+    /// Names for a capture limited to `filter`, if set; walks the
+    /// hierarchy once (the start of the capture).
+    pub fn start(filter: Option<&CgroupFilter>) -> Self {
+        let mut names = Self {
+            root: cgroup2_root(),
+            filter: filter.map(|f| f.path.clone()),
+            ..Self::default()
+        };
+        names.walk();
+        names
+    }
+
+    /// Walks the hierarchy (only the filter's subtree, as only samples
+    /// from there are counted) and keeps what it found.
+    pub fn walk(&mut self) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        let start = paths::directory(root, self.filter.as_deref().unwrap_or("/"));
+        match CgroupPaths::scan(&start) {
+            Ok(found) => {
+                if found.truncated {
+                    tracing::debug!(
+                        "the cgroup walk stopped at {} cgroups or {} levels",
+                        paths::MAX_CGROUPS,
+                        paths::MAX_DEPTH
+                    );
+                }
+                self.walks.push(found);
+            }
+            Err(err) => tracing::debug!("cannot walk {}: {err}", start.display()),
+        }
+    }
+
+    /// Records the cgroup process `tgid` is in now, from /proc/PID/cgroup.
+    pub fn process(&mut self, tgid: u32) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        let Some(path) = read_proc_cgroup(tgid) else {
+            return;
+        };
+        // The kernel shows the path from our cgroup namespace's root, which
+        // is the mount's root unless only a subtree is bind-mounted; the
+        // directory's own inode keeps the pair true either way.
+        if let Ok(path) = normalize(&path)
+            && let Ok(found) = resolve(Some(root), &path)
+        {
+            self.of_processes.insert(found.id, path);
+        }
+    }
+
+    /// The path of cgroup `id`. One no look found is still under the
+    /// filter's cgroup, if there is one: the sampler checked.
+    pub fn name(&self, id: u64) -> String {
+        if let Some(path) = self.of_processes.get(&id) {
+            return path.clone();
+        }
+        let base = self.filter.as_deref().unwrap_or("/");
+        match self.walks.iter().rev().find_map(|walk| walk.get(id)) {
+            Some(relative) => under(base, relative),
+            None if base == "/" => UNKNOWN.to_owned(),
+            None => format!("{base}/{UNKNOWN}"),
+        }
+    }
+}
+
+/// The cgroup v2 path in /proc/PID/cgroup (its `0::PATH` line), unless the
+/// process is gone or its cgroup was removed.
+fn read_proc_cgroup(tgid: u32) -> Option<String> {
+    // Beyond this the file is not what the kernel writes.
+    const MAX_BYTES: u64 = 64 << 10;
+    let file = std::fs::File::open(format!("/proc/{tgid}/cgroup")).ok()?;
+    let mut text = String::new();
+    file.take(MAX_BYTES).read_to_string(&mut text).ok()?;
+    v2_path(&text).map(str::to_owned)
+}
+
+/// The path of the `0::PATH` line of a /proc/PID/cgroup text.
+fn v2_path(text: &str) -> Option<&str> {
+    let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    // A removed cgroup reads `/path (deleted)`; its name is gone.
+    (!path.ends_with(" (deleted)")).then_some(path)
 }
 
 #[cfg(test)]
@@ -173,5 +298,62 @@ mod tests {
         let reason = refused(resolve(None, "/system.slice"));
         assert!(reason.contains("no cgroup2 file system"), "{reason}");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn names_come_from_walks_and_processes() {
+        let root = tree("names");
+        let id = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let mut names = Names {
+            root: Some(root.clone()),
+            ..Names::default()
+        };
+        names.walk();
+        assert_eq!(
+            names.name(id("system.slice/nginx.service")),
+            "/system.slice/nginx.service"
+        );
+        // Created after the first walk, removed before the second: unknown.
+        std::fs::create_dir(root.join("gone")).unwrap();
+        let gone = id("gone");
+        std::fs::remove_dir(root.join("gone")).unwrap();
+        names.walk();
+        assert_eq!(names.name(gone), UNKNOWN);
+        // Removed after the first walk: still named.
+        let nginx = id("system.slice/nginx.service");
+        std::fs::remove_dir(root.join("system.slice/nginx.service")).unwrap();
+        names.walk();
+        assert_eq!(names.name(nginx), "/system.slice/nginx.service");
+
+        // Limited to a subtree, whose walk writes paths from its own top.
+        let mut limited = Names {
+            root: Some(root.clone()),
+            filter: Some("/system.slice".into()),
+            ..Names::default()
+        };
+        std::fs::create_dir(root.join("system.slice/cron.service")).unwrap();
+        limited.walk();
+        assert_eq!(limited.name(id("system.slice")), "/system.slice");
+        assert_eq!(
+            limited.name(id("system.slice/cron.service")),
+            "/system.slice/cron.service"
+        );
+        assert_eq!(limited.name(gone), "/system.slice/[unknown cgroup]");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_v2_line_of_proc_cgroup() {
+        let hybrid = "12:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/user.slice/session-1.scope\n";
+        assert_eq!(v2_path(hybrid), Some("/user.slice/session-1.scope"));
+        assert_eq!(v2_path("0::/\n"), Some("/"));
+        assert_eq!(v2_path("0::/gone (deleted)\n"), None);
+        assert_eq!(v2_path("1:name=systemd:/\n"), None);
+        // Our own process, read for real (no v2 line on a v1-only host).
+        let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert_eq!(
+            read_proc_cgroup(std::process::id()).as_deref(),
+            v2_path(&ours)
+        );
     }
 }

@@ -42,6 +42,8 @@ pub struct Request {
     pub frequency: u64,
     /// Only tasks in this cgroup or below it, if set.
     pub cgroup: Option<CgroupFilter>,
+    /// What the outermost frame of folded stacks and the flame graph is.
+    pub group_by: GroupBy,
 }
 
 /// The parameters of a profile request as given (query string or command
@@ -56,6 +58,34 @@ pub struct Params<'a> {
     pub frequency: Option<&'a str>,
     /// `cgroup`: only this cgroup (a path under the cgroup2 root) and below.
     pub cgroup: Option<&'a str>,
+    /// `group_by`: `cgroup`, or not given.
+    pub group_by: Option<&'a str>,
+}
+
+/// The root frame of each folded stack and flame-graph tower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupBy {
+    /// The process name, as flamegraph.pl's tools do.
+    #[default]
+    Process,
+    /// The cgroup path, above the process name.
+    Cgroup,
+}
+
+/// The values `group_by` accepts, for its error message.
+const GROUP_BY_VALUES: &str = "`cgroup`";
+
+impl GroupBy {
+    fn parse(text: Option<&str>) -> Result<Self, ProfileError> {
+        match text {
+            None => Ok(Self::Process),
+            Some("cgroup") => Ok(Self::Cgroup),
+            Some(other) => Err(ProfileError::BadRequest(format!(
+                "group_by must be {GROUP_BY_VALUES}, not {}",
+                quoted(other)
+            ))),
+        }
+    }
 }
 
 /// The limits a request is checked against.
@@ -117,6 +147,7 @@ impl Limits {
             pid,
             frequency,
             cgroup,
+            group_by,
         } = *params;
         let bad = |m: String| ProfileError::BadRequest(m);
         // A limit of 0 allows nothing: not even the defaults fit under it.
@@ -188,11 +219,15 @@ impl Limits {
                     })?
             }
         };
+        let group_by = GroupBy::parse(group_by)?;
         let cgroup = match cgroup {
             Some(text) => {
                 // The syntax first: it needs no mount, and says more.
                 let path = cgroups::normalize(text)?;
                 Some(cgroups::resolve(cgroup2_root().as_deref(), &path)?)
+            }
+            None if group_by == GroupBy::Cgroup && cgroup2_root().is_none() => {
+                return Err(cgroups::not_mounted("group_by=cgroup"));
             }
             None => None,
         };
@@ -201,6 +236,7 @@ impl Limits {
             pid,
             frequency,
             cgroup,
+            group_by,
         })
     }
 }
@@ -222,6 +258,9 @@ fn whole_number(text: &str) -> Option<i128> {
 /// One symbolized stack and how often it was sampled.
 #[derive(Debug, Clone)]
 pub struct Stack {
+    /// The cgroup's path under the cgroup2 root (printable), or
+    /// `[unknown cgroup]`.
+    pub cgroup: String,
     /// The process name (at its first sample).
     pub comm: String,
     /// The process id.
@@ -327,7 +366,7 @@ mod tests {
     fn defaults_apply() {
         let r = LIMITS.request(&Params::default()).unwrap();
         assert_eq!((r.seconds, r.pid, r.frequency), (10, None, 99));
-        assert_eq!(r.cgroup, None);
+        assert_eq!((r.cgroup, r.group_by), (None, GroupBy::Process));
         let r = LIMITS
             .request(&Params {
                 seconds: Some("3"),
@@ -348,18 +387,25 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_is_checked() {
+    fn cgroup_and_group_by_are_checked() {
         let root = cgroup_root();
-        let request = |cgroup, root: Option<&PathBuf>| {
+        let request = |cgroup, group_by, root: Option<&PathBuf>| {
             LIMITS.request_in(
                 &Params {
                     cgroup,
+                    group_by,
                     ..Params::default()
                 },
                 || root.cloned(),
             )
         };
-        let r = request(Some("/system.slice/nginx.service/"), Some(&root)).unwrap();
+        let r = request(
+            Some("/system.slice/nginx.service/"),
+            Some("cgroup"),
+            Some(&root),
+        )
+        .unwrap();
+        assert_eq!(r.group_by, GroupBy::Cgroup);
         let cgroup = r.cgroup.unwrap();
         assert_eq!(cgroup.path, "/system.slice/nginx.service");
         assert_eq!(
@@ -368,25 +414,56 @@ mod tests {
                 &std::fs::metadata(root.join("system.slice/nginx.service")).unwrap()
             )
         );
-        for (cgroup, root, says) in [
+        for (cgroup, group_by, root, says) in [
+            (
+                None,
+                Some("pid"),
+                Some(&root),
+                "group_by must be `cgroup`, not `pid`",
+            ),
+            (
+                None,
+                Some(""),
+                Some(&root),
+                "group_by must be `cgroup`, not ``",
+            ),
+            (None, Some("Cgroup"), Some(&root), "not `Cgroup`"),
+            (
+                None,
+                Some("cgroup"),
+                None,
+                "group_by=cgroup needs cgroup v2",
+            ),
             (
                 Some("/system.slice"),
                 None,
+                None,
                 "no cgroup2 file system is mounted",
             ),
-            (Some("system.slice"), Some(&root), "from the cgroup2 root"),
-            (Some("/system.slice/../.."), Some(&root), "`.` or `..`"),
+            (
+                Some("system.slice"),
+                None,
+                Some(&root),
+                "from the cgroup2 root",
+            ),
+            (
+                Some("/system.slice/../.."),
+                None,
+                Some(&root),
+                "`.` or `..`",
+            ),
             (
                 Some("/system.slice/apache.service"),
+                None,
                 Some(&root),
                 "no cgroup `/system.slice/apache.service`",
             ),
             // The syntax is checked before the mount is looked for.
-            (Some("relative"), None, "from the cgroup2 root"),
+            (Some("relative"), None, None, "from the cgroup2 root"),
         ] {
-            let err = request(cgroup, root).unwrap_err();
+            let err = request(cgroup, group_by, root).unwrap_err();
             let message = err.to_string();
-            assert!(message.contains(says), "{cgroup:?}: {message}");
+            assert!(message.contains(says), "{cgroup:?} {group_by:?}: {message}");
             assert!(message.len() < 160 && !message.contains('\n'), "{message}");
         }
         std::fs::remove_dir_all(&root).unwrap();

@@ -12,6 +12,7 @@
 )]
 
 pub mod blockdev;
+pub mod cgroups;
 pub mod daemon;
 pub mod exposition;
 pub mod netns;

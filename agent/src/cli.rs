@@ -121,6 +121,16 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub frequency: Option<String>,
 
+    /// Only tasks in this cgroup v2 or below it: its path under the cgroup2
+    /// root, such as /system.slice/nginx.service.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// `cgroup`: each stack's cgroup path as its root frame, above the
+    /// process name (svg and folded; pprof has a cgroup label either way).
+    #[arg(long, value_name = "cgroup")]
+    pub group_by: Option<String>,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = ProfileFormat::Svg)]
     pub format: ProfileFormat,

@@ -11,7 +11,7 @@ use crate::{
     cli::{CgroupArgs, MapArgs, ProfileArgs, ProfileFormat},
     privileges,
     probes::Probes,
-    profile::{self, Limits, Profiler},
+    profile::{self, Limits, Params, Profiler},
 };
 
 /// The CLI's own limits: an engineer at a terminal may ask for more than a
@@ -21,13 +21,20 @@ pub(crate) const LIMITS: Limits = Limits {
     max_frequency: 10_000,
 };
 
+/// The flags that make a request, as the query string gives them.
+pub(crate) fn params(args: &ProfileArgs) -> Params<'_> {
+    Params {
+        seconds: args.seconds.as_deref(),
+        pid: args.pid.as_deref(),
+        frequency: args.frequency.as_deref(),
+        cgroup: args.cgroup.as_deref(),
+        group_by: args.group_by.as_deref(),
+    }
+}
+
 /// Runs the command.
 pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
-    let request = LIMITS.request(
-        args.seconds.as_deref(),
-        args.pid.as_deref(),
-        args.frequency.as_deref(),
-    )?;
+    let request = LIMITS.request(&params(&args))?;
     privileges::check()?;
     args.system.warn_unused();
     let probes = Arc::new(Mutex::new(Probes::load(
@@ -43,13 +50,17 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let what = match (request.pid, &request.cgroup) {
+        (None, None) => "every process".to_owned(),
+        (Some(pid), None) => format!("pid {pid}"),
+        (None, Some(cgroup)) => format!("cgroup {}", profile::printable(&cgroup.path)),
+        (Some(pid), Some(cgroup)) => {
+            format!("pid {pid} in cgroup {}", profile::printable(&cgroup.path))
+        }
+    };
     eprintln!(
-        "Sampling {} for {} s at {} Hz...",
-        request
-            .pid
-            .map_or("every process".into(), |p| format!("pid {p}")),
-        request.seconds,
-        request.frequency
+        "Sampling {what} for {} s at {} Hz...",
+        request.seconds, request.frequency
     );
     let profile = runtime.block_on(profiler.capture(request))?;
     tracing::info!(

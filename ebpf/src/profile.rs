@@ -1,16 +1,21 @@
 //! CPU profile: a perf_event program, attached to every CPU's software
 //! clock only while a profile is being taken, that counts samples per
-//! (process, user stack, kernel stack) in the kernel.
+//! (cgroup, process, user stack, kernel stack) in the kernel.
 
 use crate::maps::count;
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid,
+    },
     macros::{map, perf_event},
     maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext as _},
 };
-use hostscope_common::profile::{COMM_ENTRIES, COUNT_ENTRIES, STACK_ENTRIES, SampleKey};
+use hostscope_common::profile::{
+    COMM_ENTRIES, COUNT_ENTRIES, MAX_CGROUP_LEVEL, ProfileFilter, STACK_ENTRIES, SampleKey,
+};
 
 #[map(name = "PROFILE_STACKS")]
 static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
@@ -22,13 +27,35 @@ static PROFILE_COUNTS: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT
 static PROFILE_COMMS: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(COMM_ENTRIES, 0);
 
 #[map(name = "PROFILE_FILTER")]
-static PROFILE_FILTER: Array<u32> = Array::with_max_entries(1, 0);
+static PROFILE_FILTER: Array<ProfileFilter> = Array::with_max_entries(1, 0);
 
 #[map(name = "PROFILE_DROPPED")]
 static PROFILE_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `-EFAULT`: no user stack, as for kernel threads. Not a loss.
 const EFAULT: i32 = -14;
+
+/// Whether the current task's cgroup is `target` or below it. The kernel
+/// answers for each level from the root down (0 past the task's own
+/// level): exact whatever our cgroup namespace, with no fd or cgroup-array
+/// map, and it follows cgroups created under `target` during the capture.
+#[inline(always)]
+fn under_cgroup(current: u64, target: u64) -> bool {
+    if current == target {
+        return true;
+    }
+    for level in 0..MAX_CGROUP_LEVEL {
+        // SAFETY: a helper with no pointer arguments.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == target {
+            return true;
+        }
+        if ancestor == 0 {
+            return false;
+        }
+    }
+    false
+}
 
 #[perf_event]
 pub fn profile_sample(ctx: PerfEventContext) -> u32 {
@@ -38,11 +65,15 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     if pid_tgid as u32 == 0 {
         return 0;
     }
-    if let Some(&only) = PROFILE_FILTER.get(0)
-        && only != 0
-        && only != tgid
-    {
-        return 0;
+    // SAFETY: a helper with no arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(filter) = PROFILE_FILTER.get(0) {
+        if filter.tgid != 0 && filter.tgid != tgid {
+            return 0;
+        }
+        if filter.cgroup != 0 && !under_cgroup(cgroup, filter.cgroup) {
+            return 0;
+        }
     }
     let stack = |flags: u64| match ctx.get_stackid(&PROFILE_STACKS, flags) {
         Ok(id) => id as i32,
@@ -54,9 +85,11 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
         }
     };
     let key = SampleKey {
+        cgroup,
         tgid,
         user_stack: stack(u64::from(BPF_F_USER_STACK)),
         kernel_stack: stack(0),
+        reserved: 0,
     };
     match PROFILE_COUNTS.get_ptr_mut(key) {
         // SAFETY: a plain counter; a lost increment under a race costs one sample.

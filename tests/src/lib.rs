@@ -12,7 +12,7 @@
 )]
 
 pub mod blockdev;
-pub mod cgroup;
+pub mod cgroups;
 pub mod daemon;
 pub mod exposition;
 pub mod netns;

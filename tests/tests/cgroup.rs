@@ -16,7 +16,7 @@ use std::{
 use hostscope_tests::{
     assert_close,
     blockdev::{DiskStat, LoopDevice},
-    cgroup::TestCgroup,
+    cgroups::TestCgroup,
     daemon::Daemon,
     exposition::Exposition,
 };

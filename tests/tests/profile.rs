@@ -9,9 +9,11 @@
 use std::process::Command;
 
 use hostscope_tests::{
+    cgroups::Cgroup,
     daemon::Daemon,
     hostscope_bin,
     programs::{HOT_LOOP, Running, SYSCALL_LOOP},
+    schedstat,
 };
 
 /// Parses folded stacks, checking every line's shape: `frames count`.
@@ -282,5 +284,301 @@ fn concurrent_requests_never_run_two_samplers() {
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(4),
         "not served one after the other"
+    );
+}
+
+/// Two sibling cgroups under a parent made for one test, each with a
+/// process spinning in `hot_spin_loop`. Fields drop in order: the processes
+/// are killed, then the cgroups removed, children before the parent.
+struct TwoBurners {
+    a: Running,
+    b: Running,
+    cgroup_a: Cgroup,
+    cgroup_b: Cgroup,
+    parent: Cgroup,
+}
+
+fn two_burners(test: &str) -> TwoBurners {
+    let parent = Cgroup::create(&format!("/hostscope-test-{}-{test}", std::process::id()));
+    let cgroup_a = Cgroup::create(&format!("{}/a", parent.path));
+    let cgroup_b = Cgroup::create(&format!("{}/b", parent.path));
+    let a = Running::build_and_start("burn_a", HOT_LOOP);
+    cgroup_a.add(a.pid);
+    let b = Running::build_and_start("burn_b", HOT_LOOP);
+    cgroup_b.add(b.pid);
+    TwoBurners {
+        a,
+        b,
+        cgroup_a,
+        cgroup_b,
+        parent,
+    }
+}
+
+/// Samples whose root frame is `root`.
+fn samples_under(stacks: &[(Vec<String>, u64)], root: &str) -> u64 {
+    stacks
+        .iter()
+        .filter(|(frames, _)| frames[0] == root)
+        .map(|(_, c)| c)
+        .sum()
+}
+
+/// `cgroup=A` counts only A's process, although B's spins as hard beside
+/// it; the flame graph takes the parameter too.
+#[test]
+fn cgroup_filter_keeps_only_that_cgroup() {
+    let daemon = Daemon::start("sched");
+    let burners = two_burners("filter");
+    let on_cpu = || {
+        let task = format!("/proc/{0}/task/{0}", burners.a.pid);
+        schedstat::thread(std::path::Path::new(&task)).expect("burn_a's schedstat")
+    };
+    let before = on_cpu();
+    let (status, body) = daemon.get(&format!(
+        "/stacks?seconds=3&cgroup={}",
+        burners.cgroup_a.path
+    ));
+    let ran = on_cpu().since(&before).on_cpu_ns as f64 / 1e9;
+    assert_eq!(status, 200, "{body}");
+    let stacks = parse_folded(&body);
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let from_a = samples_under(&stacks, &burners.a.name);
+    let from_b = samples_under(&stacks, &burners.b.name);
+    // What A's time on a CPU is worth at 99 Hz. It is measured over the
+    // whole request, a little longer than the sampling, so it is an upper
+    // bound; the share of a CPU A gets depends on what else runs.
+    let expected = ran * 99.0;
+    println!(
+        "cgroup={}: {from_a} of {total} samples from burn_a ({:.1}%), {from_b} from burn_b; \
+         burn_a ran {ran:.2} s, worth {expected:.0} samples",
+        burners.cgroup_a.path,
+        100.0 * from_a as f64 / total.max(1) as f64
+    );
+    // Enough that 5% is a few samples, however busy the machine.
+    assert!(total >= 50, "only {total} samples in 3 s:\n{body}");
+    assert!(from_a as f64 >= 0.95 * total as f64, "{body}");
+    assert_eq!(from_b, 0, "cgroup filter leaked:\n{body}");
+    // The filter loses none of A's samples.
+    assert!(
+        from_a as f64 >= 0.7 * expected,
+        "{from_a} samples for {ran:.2} s on a CPU:\n{body}"
+    );
+
+    let (status, svg) = daemon.get(&format!(
+        "/flamegraph.svg?seconds=1&cgroup={}&group_by=cgroup",
+        burners.cgroup_b.path
+    ));
+    assert_eq!(status, 200, "{svg}");
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
+    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains(&burners.cgroup_b.path)),
+        "the SVG does not name {}",
+        burners.cgroup_b.path
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains(&burners.a.name)),
+        "the SVG of {} shows burn_a",
+        burners.cgroup_b.path
+    );
+}
+
+/// `group_by=cgroup` puts each stack's cgroup path outermost, above the
+/// process name, for the cgroup asked for and everything below it; a
+/// cgroup made and removed during the capture keeps its name.
+#[test]
+fn group_by_cgroup_puts_the_path_outermost() {
+    let daemon = Daemon::start("sched");
+    let burners = two_burners("group-by");
+    let parent = &burners.parent.path;
+    let c_path = format!("{parent}/c");
+    let body = std::thread::scope(|scope| {
+        let capture = scope.spawn(|| {
+            daemon.get(&format!(
+                "/stacks?seconds=3&cgroup={parent}&group_by=cgroup"
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        {
+            let cgroup_c = Cgroup::create(&c_path);
+            let c = Running::build_and_start("burn_c", HOT_LOOP);
+            cgroup_c.add(c.pid);
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            // c is killed, then its cgroup removed, before the capture ends.
+            drop(c);
+            drop(cgroup_c);
+        }
+        assert!(
+            !hostscope_tests::cgroups::cgroup2_root()
+                .join(c_path.trim_start_matches('/'))
+                .exists(),
+            "{c_path} was not removed"
+        );
+        let (status, body) = capture.join().expect("the capture thread");
+        assert_eq!(status, 200, "{body}");
+        body
+    });
+    let stacks = parse_folded(&body);
+    for (frames, _) in &stacks {
+        assert!(
+            frames.len() >= 2,
+            "no cgroup and process frames: {frames:?}"
+        );
+        let expected = match frames[1].as_str() {
+            "burn_a" => &burners.cgroup_a.path,
+            "burn_b" => &burners.cgroup_b.path,
+            "burn_c" => &c_path,
+            other => panic!("{other} is not in {parent}:\n{body}"),
+        };
+        assert_eq!(&frames[0], expected, "{frames:?}");
+    }
+    let count = |comm: &str| -> u64 {
+        stacks
+            .iter()
+            .filter(|(frames, _)| frames[1] == comm)
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let (a, b, c) = (count("burn_a"), count("burn_b"), count("burn_c"));
+    println!("group_by=cgroup under {parent}: a {a}, b {b}, c (removed) {c} samples");
+    // Three spinning processes share the machine's CPUs with whatever else
+    // runs: modest floors.
+    assert!(a >= 30 && b >= 30, "too few samples:\n{body}");
+    assert!(c >= 5, "the removed cgroup's process is missing:\n{body}");
+}
+
+/// pprof samples carry the cgroup path as a `cgroup` label, which `go tool
+/// pprof -tags` reads back.
+#[test]
+fn pprof_samples_carry_the_cgroup_label() {
+    let daemon = Daemon::start("sched");
+    let burners = two_burners("pprof");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!(
+            "http://{}/debug/pprof/profile?seconds=2&cgroup={}",
+            daemon.addr, burners.parent.path
+        ))
+        .call()
+        .expect("GET pprof");
+    assert_eq!(response.status().as_u16(), 200);
+    let pprof = response.body_mut().read_to_vec().expect("pprof body");
+    let file = std::env::temp_dir().join(format!("hostscope-test-{}-cg.pb.gz", std::process::id()));
+    std::fs::write(&file, &pprof).expect("write the profile");
+    let tags = Command::new("go")
+        .args(["tool", "pprof", "-tags"])
+        .arg(&file)
+        .output()
+        .expect("go (golang-go) is installed by `cargo xtask setup`");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&tags.stdout);
+    assert!(
+        tags.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&tags.stderr)
+    );
+    println!("{text}");
+    // `cgroup: Total ...`, then one indented line per value, then a blank line.
+    let values: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("cgroup:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split("): ").nth(1))
+        .collect();
+    let mut expected = vec![
+        burners.cgroup_a.path.as_str(),
+        burners.cgroup_b.path.as_str(),
+    ];
+    let mut found = values.clone();
+    expected.sort_unstable();
+    found.sort_unstable();
+    assert_eq!(found, expected, "{text}");
+}
+
+/// A cgroup that is not one, or malformed, and any `group_by` but
+/// `cgroup`: HTTP 400 and one line, and exit code 2 from the CLI.
+#[test]
+fn bad_cgroups_are_refused() {
+    let daemon = Daemon::start("sched");
+    let missing = format!("/hostscope-no-such-cgroup-{}", std::process::id());
+    let long = format!("/{}", "x".repeat(5000));
+    for (query, says) in [
+        (
+            format!("cgroup={missing}"),
+            "no cgroup `/hostscope-no-such-cg",
+        ),
+        (
+            "cgroup=/cgroup.procs".to_owned(),
+            "no cgroup `/cgroup.procs`",
+        ),
+        ("cgroup=system.slice".to_owned(), "from the cgroup2 root"),
+        ("cgroup=/a/../b".to_owned(), "`.` or `..`"),
+        (format!("cgroup={long}"), "above the limit of 4096"),
+        (
+            "group_by=pid".to_owned(),
+            "group_by must be `cgroup`, not `pid`",
+        ),
+        ("group_by=".to_owned(), "group_by must be `cgroup`"),
+    ] {
+        for path in ["/stacks", "/flamegraph.svg", "/debug/pprof/profile"] {
+            let (status, body) = daemon.get(&format!("{path}?seconds=1&{query}"));
+            let shown = &query[..query.len().min(60)];
+            assert_eq!(status, 400, "{path}?{shown}: {body}");
+            assert!(body.contains(says), "{path}?{shown}: {body}");
+            assert_eq!(body.trim().lines().count(), 1, "{path}?{shown}: {body}");
+        }
+    }
+    for (args, says) in [
+        (["--cgroup", missing.as_str()], "no cgroup"),
+        (["--cgroup", "relative"], "from the cgroup2 root"),
+        (["--group-by", "pid"], "group_by must be `cgroup`"),
+    ] {
+        let output = Command::new(hostscope_bin())
+            .args(["profile", "--seconds", "1"])
+            .args(args)
+            .output()
+            .expect("run hostscope profile");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+/// `hostscope profile --cgroup A --group-by cgroup` writes only A's
+/// stacks, each under A's path.
+#[test]
+fn terminal_profile_limited_to_a_cgroup() {
+    let burners = two_burners("terminal");
+    let output = Command::new(hostscope_bin())
+        .args(["profile", "--seconds", "2", "--format", "folded"])
+        .args(["--cgroup", &burners.cgroup_a.path, "--group-by", "cgroup"])
+        .output()
+        .expect("run hostscope profile");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stacks = parse_folded(&text);
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    println!("{total} samples from {}", burners.cgroup_a.path);
+    assert!(total >= 40, "only {total} samples in 2 s:\n{text}");
+    assert!(
+        stacks
+            .iter()
+            .all(|(f, _)| f[0] == burners.cgroup_a.path && f[1] == burners.a.name),
+        "{text}"
     );
 }

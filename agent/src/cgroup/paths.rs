@@ -77,14 +77,13 @@ impl CgroupPaths {
     }
 
     /// How many cgroups the scan found.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by tests and profiles"))]
+    #[cfg_attr(not(test), expect(dead_code, reason = "used by the tests"))]
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 }
 
 /// The directory of `path` (as [`CgroupPaths`] writes it) under `root`.
-#[cfg_attr(not(test), expect(dead_code, reason = "used by tests and profiles"))]
 pub fn directory(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }

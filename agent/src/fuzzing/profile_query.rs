@@ -2,7 +2,7 @@
 //! `/stacks` and `/debug/pprof/profile`, and the command-line numbers
 //! (`--profile-max-*`, `hist --interval/--count`, `profile --seconds/...`).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use axum::{extract::Query, http::Uri};
 use clap::Parser as _;
@@ -10,9 +10,14 @@ use clap::Parser as _;
 use super::{Violation, one_line};
 use crate::{
     cli::{self, Cli, Command},
-    profile::{Limits, ProfileError, Request},
+    profile::{Limits, Params, ProfileError, Request, cgroups},
     profile_cmd,
 };
+
+/// Stands in for the cgroup2 mount: it does not exist, so every `cgroup`
+/// that passes the syntax checks is then refused as missing. Whatever the
+/// input, nothing on this host is looked at but this one path.
+const NO_SUCH_ROOT: &str = "/nonexistent/hostscope-fuzz-cgroup2";
 
 /// The daemon's limits when the input sets none (the flags' defaults).
 const DAEMON_LIMITS: Limits = Limits {
@@ -22,7 +27,7 @@ const DAEMON_LIMITS: Limits = Limits {
 
 /// `data` is what a client puts after `?`. It is decoded as the endpoints
 /// decode it (hyper's URI parser, then axum's `Query`); besides `seconds`,
-/// `pid` and `frequency`, the keys `max_seconds`, `max_frequency`,
+/// `pid`, `frequency`, `cgroup` and `group_by`, the keys `max_seconds`, `max_frequency`,
 /// `interval` and `count` go to the command-line flags of those names, so
 /// that one input reaches every parser. Promises: no panic; a request is
 /// within its limits or refused with one short line; a flag's value is
@@ -41,16 +46,31 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
     let param = |name: &str| params.get(name).map(String::as_str);
 
     let daemon_limits = serve_limits(param("max_seconds"), param("max_frequency"))?;
-    let request =
-        |limits: &Limits| limits.request(param("seconds"), param("pid"), param("frequency"));
-    within_limits(&daemon_limits, request(&daemon_limits))?;
-    within_limits(&profile_cmd::LIMITS, request(&profile_cmd::LIMITS))?;
+    let params = Params {
+        seconds: param("seconds"),
+        pid: param("pid"),
+        frequency: param("frequency"),
+        cgroup: param("cgroup"),
+        group_by: param("group_by"),
+    };
+    // With no cgroup2 mounted, and with one that has no such cgroup.
+    let roots = [None, Some(PathBuf::from(NO_SUCH_ROOT))];
+    for root in &roots {
+        let request = |limits: &Limits| limits.request_in(&params, || root.clone());
+        within_limits(&daemon_limits, request(&daemon_limits))?;
+        within_limits(&profile_cmd::LIMITS, request(&profile_cmd::LIMITS))?;
+    }
+    if let Some(text) = params.cgroup {
+        cgroup_path(text)?;
+    }
     // `hostscope profile` hands its flags to the same checks, through clap.
     let mut args = vec!["hostscope", "profile"];
     for (flag, key) in [
         ("--seconds", "seconds"),
         ("--pid", "pid"),
         ("--frequency", "frequency"),
+        ("--cgroup", "cgroup"),
+        ("--group-by", "group_by"),
     ] {
         if let Some(value) = param(key) {
             args.extend([flag, value]);
@@ -59,14 +79,40 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
     if let Ok(cli) = Cli::try_parse_from(&args)
         && let Command::Profile(profile) = cli.command
     {
-        let result = profile_cmd::LIMITS.request(
-            profile.seconds.as_deref(),
-            profile.pid.as_deref(),
-            profile.frequency.as_deref(),
-        );
+        let result =
+            profile_cmd::LIMITS.request_in(&profile_cmd::params(&profile), || roots[1].clone());
         within_limits(&profile_cmd::LIMITS, result)?;
     }
     hist_flags(param("interval"), param("count"))
+}
+
+/// A cgroup path is refused in one line, or normalized: absolute, no empty,
+/// `.` or `..` component, within the limits, and normalized again unchanged.
+fn cgroup_path(text: &str) -> Result<(), Violation> {
+    let path = match cgroups::normalize(text) {
+        Ok(path) => path,
+        Err(ProfileError::BadRequest(reason)) => return one_line("a cgroup refusal", &reason),
+        Err(err) => {
+            return Err(Violation::Broken(format!(
+                "checking a cgroup failed instead of refusing it: {err}"
+            )));
+        }
+    };
+    let components: Vec<&str> = path.split('/').skip(1).collect();
+    let normal = path.starts_with('/')
+        && path.len() <= cgroups::MAX_PATH_BYTES
+        && (path == "/"
+            || components
+                .iter()
+                .all(|c| !c.is_empty() && *c != "." && *c != ".."))
+        && components.len() <= crate::cgroup::paths::MAX_DEPTH
+        && cgroups::normalize(&path).is_ok_and(|again| again == path);
+    if !normal {
+        return Err(Violation::Broken(format!(
+            "cgroup {text:?} normalized to {path:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// The limits `hostscope serve` would run with, given these flag values.
@@ -136,10 +182,14 @@ fn within_limits(limits: &Limits, result: Result<Request, ProfileError>) -> Resu
                 seconds,
                 pid,
                 frequency,
+                ref cgroup,
+                group_by: _,
             } = request;
+            // Every root the checks are given lacks every cgroup.
             if !(1..=limits.max_seconds).contains(&seconds)
                 || !(1..=limits.max_frequency).contains(&frequency)
                 || pid == Some(0)
+                || cgroup.is_some()
             {
                 return Err(Violation::Broken(format!(
                     "{request:?} accepted under {limits:?}"
@@ -178,6 +228,15 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         "interval=inf&count=18446744073709551616",
         "interval=1e-320",
         "seconds=5&seconds=6&pid&frequency=",
+        "seconds=5&cgroup=/system.slice/nginx.service",
+        "cgroup=%2Fsystem.slice%2F%2Fnginx.service%2F&group_by=cgroup",
+        "cgroup=/&group_by=cgroup&pid=1",
+        "cgroup=system.slice&group_by=process",
+        "cgroup=/a/../../etc&group_by=",
+        "cgroup=/./a/%00b/%0A&group_by=CGROUP",
+        "cgroup=/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_4a7b_8c9d_0e1f2a3b4c5d.slice/cri-containerd-7f3c9a1b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope",
+        "cgroup=/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d",
+        "group_by=cgroup&group_by=pid",
     ]
     .into_iter()
     .map(|query| query.as_bytes().to_vec())

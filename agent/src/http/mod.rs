@@ -35,7 +35,10 @@ const INDEX: &str = "hostscope\n\n\
     /healthz                           liveness: 200 while the daemon serves\n\
     /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
-    /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n";
+    /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n\
+    \n\
+    Profiles also take frequency=HZ, cgroup=/PATH (that cgroup v2 and below)\n\
+    and group_by=cgroup (the cgroup path as the root frame).\n";
 
 /// Serves at most `max_connections` at once until `shutdown` is cancelled,
 /// then gives in-flight requests a moment to finish.
@@ -124,10 +127,13 @@ async fn respond(
         }
     };
     let param = |name: &str| params.get(name).map(String::as_str);
-    let result = match profiler
-        .limits
-        .request(param("seconds"), param("pid"), param("frequency"))
-    {
+    let result = match profiler.limits.request(&profile::Params {
+        seconds: param("seconds"),
+        pid: param("pid"),
+        frequency: param("frequency"),
+        cgroup: param("cgroup"),
+        group_by: param("group_by"),
+    }) {
         Ok(request) => profiler.capture(request).await,
         Err(err) => Err(err),
     };

@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap};
 use hostscope_common::profile::{
     PROFILE_COMMS_MAP, PROFILE_COUNTS_MAP, PROFILE_DROPPED_MAP, PROFILE_FILTER_MAP,
-    PROFILE_PROGRAM, PROFILE_STACKS_MAP, SampleKey,
+    PROFILE_PROGRAM, PROFILE_STACKS_MAP, ProfileFilter, SampleKey,
 };
 
 use super::{
@@ -24,7 +24,7 @@ use crate::{probes::Probes, sandbox::Sandbox};
 /// What the kernel counted, before symbolization.
 #[derive(Debug, Default)]
 pub struct Raw {
-    /// Sample counts per (process, user stack, kernel stack).
+    /// Sample counts per (cgroup, process, user stack, kernel stack).
     pub counts: Vec<(SampleKey, u64)>,
     /// Instruction pointers of each stack, leaf first.
     pub stacks: HashMap<u32, Vec<u64>>,
@@ -38,7 +38,7 @@ struct Maps {
     stacks: StackTraceMap<MapData>,
     counts: BpfHashMap<MapData, SampleKey, u64>,
     comms: BpfHashMap<MapData, u32, [u8; 16]>,
-    filter: Array<MapData, u32>,
+    filter: Array<MapData, ProfileFilter>,
     dropped: PerCpuArray<MapData, u64>,
 }
 
@@ -114,8 +114,12 @@ impl Profiler {
     pub async fn capture(&self, request: Request) -> Result<Profile, ProfileError> {
         let _place = self.admission.admit()?;
         let _turn = self.admission.unless_shutdown(self.turn.lock()).await?;
-        self.reset(request.pid.unwrap_or(0))?;
-        let symbolizer = symbolize::Worker::start(self.sandbox.clone());
+        self.reset(ProfileFilter {
+            cgroup: request.cgroup.as_ref().map_or(0, |c| c.id),
+            tgid: request.pid.unwrap_or(0),
+            reserved: 0,
+        })?;
+        let symbolizer = symbolize::Worker::start(self.sandbox.clone(), request.cgroup.clone());
         {
             let _sampling = Sampling::start(&self.probes, request.frequency)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);
@@ -142,7 +146,7 @@ impl Profiler {
         self.admission.unless_shutdown(symbolized).await?
     }
 
-    fn reset(&self, only_tgid: u32) -> Result<(), ProfileError> {
+    fn reset(&self, filter: ProfileFilter) -> Result<(), ProfileError> {
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         let keys: Vec<SampleKey> = maps.counts.keys().filter_map(Result::ok).collect();
         for key in keys {
@@ -162,8 +166,8 @@ impl Profiler {
             .set(0, zeros, 0)
             .map_err(|e| failed("resetting the dropped counter")(&e))?;
         maps.filter
-            .set(0, only_tgid, 0)
-            .map_err(|e| failed("setting the pid filter")(&e))
+            .set(0, filter, 0)
+            .map_err(|e| failed("setting the pid and cgroup filter")(&e))
     }
 
     fn sampled_processes(&self) -> Vec<u32> {

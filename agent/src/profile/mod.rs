@@ -3,6 +3,7 @@
 
 mod admission;
 mod capture;
+pub(crate) mod cgroups;
 mod files;
 mod kallsyms;
 mod pprof;
@@ -11,9 +12,10 @@ mod render;
 mod symbolize;
 
 pub use capture::Profiler;
+pub use cgroups::CgroupFilter;
 pub use render::{folded, pprof_gzip, svg};
 
-use std::num::IntErrorKind;
+use std::{num::IntErrorKind, path::PathBuf};
 
 use crate::quote::quoted;
 
@@ -30,7 +32,7 @@ pub fn printable(name: &str) -> String {
 }
 
 /// One capture's parameters, already checked against the limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Request {
     /// How long to sample.
     pub seconds: u64,
@@ -38,6 +40,52 @@ pub struct Request {
     pub pid: Option<u32>,
     /// Samples per second per CPU.
     pub frequency: u64,
+    /// Only tasks in this cgroup or below it, if set.
+    pub cgroup: Option<CgroupFilter>,
+    /// What the outermost frame of folded stacks and the flame graph is.
+    pub group_by: GroupBy,
+}
+
+/// The parameters of a profile request as given (query string or command
+/// line), unchecked; `None` means "not given".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Params<'a> {
+    /// `seconds`: how long to sample.
+    pub seconds: Option<&'a str>,
+    /// `pid`: only this process.
+    pub pid: Option<&'a str>,
+    /// `frequency`: samples per second per CPU.
+    pub frequency: Option<&'a str>,
+    /// `cgroup`: only this cgroup (a path under the cgroup2 root) and below.
+    pub cgroup: Option<&'a str>,
+    /// `group_by`: `cgroup`, or not given.
+    pub group_by: Option<&'a str>,
+}
+
+/// The root frame of each folded stack and flame-graph tower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupBy {
+    /// The process name, as flamegraph.pl's tools do.
+    #[default]
+    Process,
+    /// The cgroup path, above the process name.
+    Cgroup,
+}
+
+/// The values `group_by` accepts, for its error message.
+const GROUP_BY_VALUES: &str = "`cgroup`";
+
+impl GroupBy {
+    fn parse(text: Option<&str>) -> Result<Self, ProfileError> {
+        match text {
+            None => Ok(Self::Process),
+            Some("cgroup") => Ok(Self::Cgroup),
+            Some(other) => Err(ProfileError::BadRequest(format!(
+                "group_by must be {GROUP_BY_VALUES}, not {}",
+                quoted(other)
+            ))),
+        }
+    }
 }
 
 /// The limits a request is checked against.
@@ -81,13 +129,26 @@ pub enum ProfileError {
 
 impl Limits {
     /// Checks raw parameters (as given in a query string or on the command
-    /// line) and builds a request. `None` means "not given".
-    pub fn request(
+    /// line) and builds a request. A `cgroup` is looked up in the cgroup2
+    /// hierarchy mounted here.
+    pub fn request(&self, params: &Params<'_>) -> Result<Request, ProfileError> {
+        self.request_in(params, cgroups::cgroup2_root)
+    }
+
+    /// [`Limits::request`], with the cgroup2 mount point (if any) found by
+    /// `cgroup2_root`, which is called only if a parameter needs it.
+    pub(crate) fn request_in(
         &self,
-        seconds: Option<&str>,
-        pid: Option<&str>,
-        frequency: Option<&str>,
+        params: &Params<'_>,
+        cgroup2_root: impl FnOnce() -> Option<PathBuf>,
     ) -> Result<Request, ProfileError> {
+        let Params {
+            seconds,
+            pid,
+            frequency,
+            cgroup,
+            group_by,
+        } = *params;
         let bad = |m: String| ProfileError::BadRequest(m);
         // A limit of 0 allows nothing: not even the defaults fit under it.
         if self.max_seconds == 0 || self.max_frequency == 0 {
@@ -158,10 +219,24 @@ impl Limits {
                     })?
             }
         };
+        let group_by = GroupBy::parse(group_by)?;
+        let cgroup = match cgroup {
+            Some(text) => {
+                // The syntax first: it needs no mount, and says more.
+                let path = cgroups::normalize(text)?;
+                Some(cgroups::resolve(cgroup2_root().as_deref(), &path)?)
+            }
+            None if group_by == GroupBy::Cgroup && cgroup2_root().is_none() => {
+                return Err(cgroups::not_mounted("group_by=cgroup"));
+            }
+            None => None,
+        };
         Ok(Request {
             seconds,
             pid,
             frequency,
+            cgroup,
+            group_by,
         })
     }
 }
@@ -183,6 +258,9 @@ fn whole_number(text: &str) -> Option<i128> {
 /// One symbolized stack and how often it was sampled.
 #[derive(Debug, Clone)]
 pub struct Stack {
+    /// The cgroup's path under the cgroup2 root (printable), or
+    /// `[unknown cgroup]`.
+    pub cgroup: String,
     /// The process name (at its first sample).
     pub comm: String,
     /// The process id.
@@ -250,7 +328,14 @@ mod tests {
                 "above the limit of 1000",
             ),
         ] {
-            let err = LIMITS.request(seconds, pid, frequency).unwrap_err();
+            let err = LIMITS
+                .request(&Params {
+                    seconds,
+                    pid,
+                    frequency,
+                    ..Params::default()
+                })
+                .unwrap_err();
             let message = err.to_string();
             assert!(
                 message.contains(says),
@@ -272,16 +357,115 @@ mod tests {
                 max_frequency: 0,
             },
         ] {
-            let err = limits.request(None, None, None).unwrap_err();
+            let err = limits.request(&Params::default()).unwrap_err();
             assert!(err.to_string().contains("turned off"), "{err}");
         }
     }
 
     #[test]
     fn defaults_apply() {
-        let r = LIMITS.request(None, None, None).unwrap();
+        let r = LIMITS.request(&Params::default()).unwrap();
         assert_eq!((r.seconds, r.pid, r.frequency), (10, None, 99));
-        let r = LIMITS.request(Some("3"), Some("1"), Some("49")).unwrap();
+        assert_eq!((r.cgroup, r.group_by), (None, GroupBy::Process));
+        let r = LIMITS
+            .request(&Params {
+                seconds: Some("3"),
+                pid: Some("1"),
+                frequency: Some("49"),
+                ..Params::default()
+            })
+            .unwrap();
         assert_eq!((r.seconds, r.pid, r.frequency), (3, Some(1), 49));
+    }
+
+    /// A scratch directory standing in for the cgroup2 root, with one cgroup.
+    fn cgroup_root() -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("hostscope-profile-query-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("system.slice/nginx.service")).unwrap();
+        root
+    }
+
+    #[test]
+    fn cgroup_and_group_by_are_checked() {
+        let root = cgroup_root();
+        let request = |cgroup, group_by, root: Option<&PathBuf>| {
+            LIMITS.request_in(
+                &Params {
+                    cgroup,
+                    group_by,
+                    ..Params::default()
+                },
+                || root.cloned(),
+            )
+        };
+        let r = request(
+            Some("/system.slice/nginx.service/"),
+            Some("cgroup"),
+            Some(&root),
+        )
+        .unwrap();
+        assert_eq!(r.group_by, GroupBy::Cgroup);
+        let cgroup = r.cgroup.unwrap();
+        assert_eq!(cgroup.path, "/system.slice/nginx.service");
+        assert_eq!(
+            cgroup.id,
+            std::os::unix::fs::MetadataExt::ino(
+                &std::fs::metadata(root.join("system.slice/nginx.service")).unwrap()
+            )
+        );
+        for (cgroup, group_by, root, says) in [
+            (
+                None,
+                Some("pid"),
+                Some(&root),
+                "group_by must be `cgroup`, not `pid`",
+            ),
+            (
+                None,
+                Some(""),
+                Some(&root),
+                "group_by must be `cgroup`, not ``",
+            ),
+            (None, Some("Cgroup"), Some(&root), "not `Cgroup`"),
+            (
+                None,
+                Some("cgroup"),
+                None,
+                "group_by=cgroup needs cgroup v2",
+            ),
+            (
+                Some("/system.slice"),
+                None,
+                None,
+                "no cgroup2 file system is mounted",
+            ),
+            (
+                Some("system.slice"),
+                None,
+                Some(&root),
+                "from the cgroup2 root",
+            ),
+            (
+                Some("/system.slice/../.."),
+                None,
+                Some(&root),
+                "`.` or `..`",
+            ),
+            (
+                Some("/system.slice/apache.service"),
+                None,
+                Some(&root),
+                "no cgroup `/system.slice/apache.service`",
+            ),
+            // The syntax is checked before the mount is looked for.
+            (Some("relative"), None, None, "from the cgroup2 root"),
+        ] {
+            let err = request(cgroup, group_by, root).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(says), "{cgroup:?} {group_by:?}: {message}");
+            assert!(message.len() < 160 && !message.contains('\n'), "{message}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -4,16 +4,21 @@ use std::{collections::HashMap, io::Write as _};
 
 use prost::Message as _;
 
-use super::{Profile, ProfileError, pprof};
+use super::{GroupBy, Profile, ProfileError, pprof};
 
 /// Brendan Gregg's folded format: `comm;outer;...;leaf count`, one stack a
 /// line, the process name as root frame and kernel frames ending in `_[k]`.
+/// Grouped by cgroup, the cgroup's path is the root frame, above `comm`.
 pub fn folded(profile: &Profile) -> String {
     let mut lines: Vec<String> = profile
         .stacks
         .iter()
         .map(|stack| {
-            let mut line = clean(&stack.comm);
+            let mut line = match profile.request.group_by {
+                GroupBy::Process => String::new(),
+                GroupBy::Cgroup => format!("{};", clean(&stack.cgroup)),
+            };
+            line.push_str(&clean(&stack.comm));
             for frame in &stack.frames {
                 line.push(';');
                 line.push_str(&clean(frame));
@@ -37,13 +42,21 @@ pub fn svg(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     let folded = folded(profile);
     let mut options = inferno::flamegraph::Options::default();
     options.title = format!(
-        "hostscope CPU profile: {} s at {} Hz{}",
+        "hostscope CPU profile: {} s at {} Hz{}{}",
         profile.request.seconds,
         profile.request.frequency,
         profile
             .request
             .pid
-            .map_or(String::new(), |pid| format!(", pid {pid}"))
+            .map_or(String::new(), |pid| format!(", pid {pid}")),
+        profile
+            .request
+            .cgroup
+            .as_ref()
+            .map_or(String::new(), |cgroup| format!(
+                ", cgroup {}",
+                super::printable(&cgroup.path)
+            ))
     );
     let mut svg = Vec::new();
     if profile.stacks.is_empty() {
@@ -58,7 +71,8 @@ pub fn svg(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
 }
 
 /// A gzipped pprof profile: sample counts and CPU time per stack, with the
-/// process name and pid as labels.
+/// process name, pid and cgroup path as labels. `group_by` does not apply:
+/// pprof tools group by label (`go tool pprof -tagroot cgroup`).
 pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     let mut strings = Strings::default();
     let period_ns = 1_000_000_000 / profile.request.frequency.max(1) as i64;
@@ -87,6 +101,7 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     };
     let comm_key = strings.index("comm");
     let pid_key = strings.index("pid");
+    let cgroup_key = strings.index("cgroup");
     for stack in &profile.stacks {
         let location_id = stack
             .frames
@@ -124,6 +139,11 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
                     str: 0,
                     num: i64::from(stack.pid),
                 },
+                pprof::Label {
+                    key: cgroup_key,
+                    str: strings.index(&stack.cgroup),
+                    num: 0,
+                },
             ],
         });
     }
@@ -158,5 +178,119 @@ impl Strings {
         self.table.push(s.to_owned());
         self.index.insert(s.to_owned(), i);
         i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::profile::{GroupBy, Request, Stack};
+
+    fn profile(group_by: GroupBy) -> Profile {
+        let stack = |cgroup: &str, comm: &str, pid, frames: &[&str], count| Stack {
+            cgroup: cgroup.to_owned(),
+            comm: comm.to_owned(),
+            pid,
+            frames: frames.iter().map(|f| (*f).to_owned()).collect(),
+            count,
+        };
+        Profile {
+            stacks: vec![
+                stack(
+                    "/system.slice/nginx.service",
+                    "nginx",
+                    10,
+                    &["main", "serve"],
+                    7,
+                ),
+                stack("/a;b", "worker", 11, &["main", "spin", "tick_[k]"], 3),
+                stack("/", "kthreadd", 2, &[], 1),
+            ],
+            request: Request {
+                seconds: 1,
+                pid: None,
+                frequency: 99,
+                cgroup: None,
+                group_by,
+            },
+            dropped: 0,
+            symbolize_time: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn folded_by_process_has_no_cgroup_frame() {
+        assert_eq!(
+            folded(&profile(GroupBy::Process)),
+            "kthreadd 1\nnginx;main;serve 7\nworker;main;spin;tick_[k] 3\n"
+        );
+    }
+
+    /// The cgroup path is the root frame, above the process name; a `;` in
+    /// it cannot split it into two frames.
+    #[test]
+    fn folded_by_cgroup_puts_the_path_outermost() {
+        assert_eq!(
+            folded(&profile(GroupBy::Cgroup)),
+            "/;kthreadd 1\n\
+             /a:b;worker;main;spin;tick_[k] 3\n\
+             /system.slice/nginx.service;nginx;main;serve 7\n"
+        );
+    }
+
+    #[test]
+    fn svg_by_cgroup_renders() {
+        let svg = String::from_utf8(svg(&profile(GroupBy::Cgroup)).unwrap()).unwrap();
+        assert!(svg.contains("/system.slice/nginx.service"), "{svg}");
+    }
+
+    /// Every sample carries `comm`, `pid` and `cgroup` labels; the stacks
+    /// are the same whatever the grouping.
+    #[test]
+    fn pprof_samples_carry_a_cgroup_label() {
+        let decode = |group_by| {
+            let gz = pprof_gzip(&profile(group_by)).unwrap();
+            let mut bytes = Vec::new();
+            flate2::read::GzDecoder::new(gz.as_slice())
+                .read_to_end(&mut bytes)
+                .unwrap();
+            pprof::Profile::decode(bytes.as_slice()).unwrap()
+        };
+        let out = decode(GroupBy::Process);
+        let string = |i: i64| out.string_table[usize::try_from(i).unwrap()].as_str();
+        let labels: Vec<Vec<(&str, &str, i64)>> = out
+            .sample
+            .iter()
+            .map(|s| {
+                s.label
+                    .iter()
+                    .map(|l| (string(l.key), string(l.str), l.num))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            labels[0],
+            [
+                ("comm", "nginx", 0),
+                ("pid", "", 10),
+                ("cgroup", "/system.slice/nginx.service", 0)
+            ]
+        );
+        assert_eq!(labels[1][2], ("cgroup", "/a;b", 0));
+        assert_eq!(labels[2][2], ("cgroup", "/", 0));
+        let grouped = decode(GroupBy::Cgroup);
+        assert_eq!(
+            grouped
+                .sample
+                .iter()
+                .map(|s| &s.location_id)
+                .collect::<Vec<_>>(),
+            out.sample
+                .iter()
+                .map(|s| &s.location_id)
+                .collect::<Vec<_>>()
+        );
     }
 }

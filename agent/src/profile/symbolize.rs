@@ -1,5 +1,6 @@
 //! Symbolization, on a thread of its own for each capture (the work is
-//! blocking I/O that must not stall the runtime).
+//! blocking I/O that must not stall the runtime). Cgroup ids are named
+//! here too ([`cgroups::Names`]), for the same reason.
 //!
 //! While the capture runs, each newly sampled process's executable
 //! mappings are read and their files opened ([`files`]): a process that
@@ -21,6 +22,7 @@ use std::{
 use super::{
     Profile, ProfileError, Request, Stack,
     capture::Raw,
+    cgroups::{self, CgroupFilter},
     files,
     kallsyms::KernelSymbols,
     printable,
@@ -52,12 +54,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; names come from `sandbox`.
-    pub fn start(sandbox: Arc<Mutex<Sandbox>>) -> Self {
+    /// Starts the thread; names come from `sandbox`. It walks the cgroup
+    /// hierarchy (below `filter`, if the capture is limited to it) first.
+    pub fn start(sandbox: Arc<Mutex<Sandbox>>, filter: Option<CgroupFilter>) -> Self {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || run(&queue, &sandbox))
+            .spawn(move || run(&queue, &sandbox, filter.as_ref()))
             .map_or_else(
                 |err| tracing::error!("cannot start the symbolization thread: {err}"),
                 drop,
@@ -65,7 +68,7 @@ impl Worker {
         Self { jobs }
     }
 
-    /// Caches `tgid`'s mappings now.
+    /// Caches `tgid`'s mappings and cgroup now.
     pub fn cache(&self, tgid: u32) {
         let _ = self.jobs.send(Job::Cache(tgid));
     }
@@ -82,19 +85,26 @@ impl Worker {
     }
 }
 
-fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>) {
+fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&CgroupFilter>) {
     let mut processes = Processes::default();
+    let mut cgroups = cgroups::Names::start(filter);
     for job in queue {
         match job {
-            Job::Cache(tgid) => processes.cache(tgid),
+            Job::Cache(tgid) => {
+                processes.cache(tgid);
+                cgroups.process(tgid);
+            }
             Job::Symbolize(raw, request, reply) => {
                 // Processes that first ran after the last tick, if still alive.
                 for tgid in raw.comms.keys() {
                     processes.cache(*tgid);
+                    cgroups.process(*tgid);
                 }
+                // Cgroups created since the first walk.
+                cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
                 sandbox.refresh();
-                let _ = reply.send(symbolize(&mut sandbox, &processes, raw, request));
+                let _ = reply.send(symbolize(&mut sandbox, &processes, &cgroups, raw, request));
             }
         }
     }
@@ -197,7 +207,13 @@ struct Place {
     fallback: String,
 }
 
-fn symbolize(sandbox: &mut Sandbox, processes: &Processes, raw: Raw, request: Request) -> Profile {
+fn symbolize(
+    sandbox: &mut Sandbox,
+    processes: &Processes,
+    cgroups: &cgroups::Names,
+    raw: Raw,
+    request: Request,
+) -> Profile {
     let started = Instant::now();
     let mut kernel_addrs = Vec::new();
     let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -220,8 +236,10 @@ fn symbolize(sandbox: &mut Sandbox, processes: &Processes, raw: Raw, request: Re
     let user_names = user_names(sandbox, processes, user_addrs, started);
 
     // Stacks that differ only in addresses within the same functions read
-    // the same once symbolized: merge them.
-    let mut merged: HashMap<(u32, Vec<String>), Stack> = HashMap::new();
+    // the same once symbolized: merge them. So do cgroups with one name
+    // (unknown ones).
+    let mut merged: HashMap<(u32, String, Vec<String>), Stack> = HashMap::new();
+    let mut cgroup_names: HashMap<u64, String> = HashMap::new();
     for (key, count) in &raw.counts {
         let mut frames = Vec::new();
         // Outermost caller first: user frames, then the kernel's.
@@ -244,10 +262,15 @@ fn symbolize(sandbox: &mut Sandbox, processes: &Processes, raw: Raw, request: Re
             .comms
             .get(&key.tgid)
             .map_or_else(|| format!("pid {}", key.tgid), |comm| printable(comm));
+        let cgroup = cgroup_names
+            .entry(key.cgroup)
+            .or_insert_with(|| printable(&cgroups.name(key.cgroup)))
+            .clone();
         merged
-            .entry((key.tgid, frames.clone()))
+            .entry((key.tgid, cgroup.clone(), frames.clone()))
             .and_modify(|s| s.count += count)
             .or_insert(Stack {
+                cgroup,
                 comm,
                 pid: key.tgid,
                 frames,

@@ -479,3 +479,34 @@ fn terminal_histograms_per_cgroup() {
         "cgroups without events are left out: {lines:?}"
     );
 }
+
+/// A cgroup named with quotes, backslashes and a terminal escape (anyone
+/// with a delegated subtree can make one): the exposition stays parseable,
+/// the label has no control character, and the numbers are still there.
+#[test]
+fn hostile_cgroup_names_are_exported_safely() {
+    let device = LoopDevice::create(16);
+    let daemon = Daemon::start_with("block", &["--by-cgroup"]);
+    // cgroupfs refuses a newline in a name; everything else goes.
+    let mut evil = TestCgroup::new("evil\"} 1 \\\u{1b}[2J\t");
+    let dd = evil.spawn(&format!(
+        "exec dd if={} of=/dev/null bs=4k count=50 iflag=direct status=none",
+        device.path()
+    ));
+    dd.release();
+    evil.wait_all();
+    // Parsing panics on a malformed line.
+    let exposition = daemon.scrape();
+    let label = evil.path.replace(|c: char| c.is_control(), "?");
+    let reads = histogram(
+        &exposition,
+        BLOCK,
+        &[
+            ("cgroup", label.as_str()),
+            ("device", device.name.as_str()),
+            ("op", "read"),
+        ],
+    )
+    .0;
+    assert_eq!(reads, 50.0, "the evil cgroup's reads, labelled {label:?}");
+}

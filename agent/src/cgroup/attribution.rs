@@ -262,10 +262,12 @@ fn is_missing(err: &MapError) -> bool {
     }
 }
 
-/// The labels of a cgroup's own series.
+/// The labels of a cgroup's own series. Whoever may create cgroups names
+/// them: control characters (a terminal escape in `hist`'s titles) become
+/// `?`, as in profiles; the exposition escapes quotes and backslashes.
 pub fn labels_of(path: &str) -> Labels {
     let identity = container::identify(path);
-    let mut labels: Labels = vec![("cgroup", path.to_owned())];
+    let mut labels: Labels = vec![("cgroup", crate::profile::printable(path))];
     if let Some(id) = identity.container_id {
         labels.push(("container_id", id));
     }
@@ -302,6 +304,14 @@ mod tests {
         assert_eq!(
             labels[2],
             ("pod_uid", "1a2b3c4d-0000-1111-2222-333344445555".to_owned())
+        );
+    }
+
+    #[test]
+    fn control_characters_in_names_become_question_marks() {
+        assert_eq!(
+            labels_of("/evil\u{1b}[31m\t\"x\\"),
+            vec![("cgroup", "/evil?[31m?\"x\\".to_owned())]
         );
     }
 

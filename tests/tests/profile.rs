@@ -129,14 +129,42 @@ fn pprof_and_svg_name_the_hot_function() {
         .arg(&file)
         .output()
         .expect("go (golang-go) is installed by `cargo xtask setup`");
+    let raw = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&file)
+        .output()
+        .expect("go tool pprof -raw");
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&top.stdout);
-    assert!(
-        top.status.success(),
-        "go tool pprof failed: {}",
-        String::from_utf8_lossy(&top.stderr)
-    );
+    let warnings = String::from_utf8_lossy(&top.stderr);
+    assert!(top.status.success(), "go tool pprof failed: {warnings}");
     assert!(text.contains("hot_spin_loop"), "{text}");
+    assert!(
+        !warnings.contains("binary filename not available"),
+        "pprof names the main binary: {warnings}"
+    );
+    // The executable's mapping carries its GNU build ID, so that a pprof
+    // server can fetch its symbols from debuginfod.
+    let notes = Command::new("readelf")
+        .args(["-n", &format!("/proc/{}/exe", hot.pid)])
+        .output()
+        .expect("readelf (binutils) is installed with gcc");
+    let notes = String::from_utf8_lossy(&notes.stdout);
+    let build_id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("gcc writes a build ID")
+        .trim()
+        .to_owned();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    let mappings = raw.split("Mappings").nth(1).unwrap_or_default();
+    assert!(
+        mappings
+            .lines()
+            .any(|l| l.contains(&hot.name) && l.contains(&build_id)),
+        "no mapping of {} with build ID {build_id} in:\n{raw}",
+        hot.name
+    );
 
     let (status, svg) = daemon.get(&format!("/flamegraph.svg?seconds=2&pid={}", hot.pid));
     assert_eq!(status, 200);
@@ -580,5 +608,47 @@ fn terminal_profile_limited_to_a_cgroup() {
             .iter()
             .all(|(f, _)| f[0] == burners.cgroup_a.path && f[1] == burners.a.name),
         "{text}"
+    );
+}
+
+/// A binary stripped of every symbol still gets named frames: the file and
+/// the offset into it (`stripped_loop+0x1139`), never a bare address, so
+/// that the frames can be symbolized later from the unstripped file.
+#[test]
+fn stripped_binary_frames_read_file_plus_offset() {
+    let daemon = Daemon::start("sched");
+    let exe = hostscope_tests::programs::build(
+        "stripped_loop",
+        HOT_LOOP,
+        &["-O0", "-fno-omit-frame-pointer"],
+    );
+    let status = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&exe)
+        .status()
+        .expect("strip (binutils) is installed with gcc");
+    assert!(status.success(), "strip failed");
+    let hot = Running::start(Command::new(&exe), "stripped_loop");
+    let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", hot.pid));
+    assert_eq!(status, 200, "{body}");
+    let mut named = 0u64;
+    let mut total = 0u64;
+    for line in body.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("stack and count");
+        let count: u64 = count.parse().expect("a count");
+        total += count;
+        let frames: Vec<&str> = stack.split(';').skip(1).collect();
+        assert!(
+            frames.iter().all(|f| !f.starts_with("0x")),
+            "a bare address: {line}"
+        );
+        if frames.iter().any(|f| f.starts_with("stripped_loop+0x")) {
+            named += count;
+        }
+    }
+    assert!(total >= 50, "too few samples: {body}");
+    assert!(
+        named * 10 >= total * 9,
+        "{named} of {total} samples have stripped_loop+0xOFFSET frames:\n{body}"
     );
 }

@@ -268,8 +268,30 @@ pub struct Stack {
     /// Frames from the outermost caller to the leaf: user frames, then
     /// kernel frames (whose names end in `_[k]`).
     pub frames: Vec<String>,
+    /// Where each frame is, beside it: for a frame in a mapped file, the
+    /// index of its mapping in [`Profile::mappings`] and its address in
+    /// the process; `None` for kernel frames (their addresses are not
+    /// shown) and frames outside any file. Of stacks merged because their
+    /// names are equal, the first one's.
+    pub addresses: Vec<Option<(usize, u64)>>,
     /// Samples.
     pub count: u64,
+}
+
+/// A file mapped into a sampled process, for pprof: what a server needs
+/// to symbolize its addresses again (from debuginfod, by build ID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address of the mapping in the process.
+    pub start: u64,
+    /// One past its last address.
+    pub limit: u64,
+    /// Offset into the file where it starts.
+    pub file_offset: u64,
+    /// The file's path as the process sees it (printable).
+    pub file: String,
+    /// The file's GNU build ID, in hex.
+    pub build_id: Option<String>,
 }
 
 /// A finished, symbolized profile.
@@ -277,6 +299,8 @@ pub struct Stack {
 pub struct Profile {
     /// The stacks.
     pub stacks: Vec<Stack>,
+    /// The mappings [`Stack::addresses`] refer to.
+    pub mappings: Vec<Mapping>,
     /// The request it answers.
     pub request: Request,
     /// Samples lost to full maps or stack-map collisions.

@@ -6,6 +6,29 @@ use prost::Message as _;
 
 use super::{GroupBy, Profile, ProfileError, pprof};
 
+/// The pprof id of each of `profile`'s mappings (1-based), hottest first:
+/// ranked by the samples whose outermost user frame lies in it, which puts
+/// the main executable of the busiest process first.
+fn mapping_ids(profile: &Profile) -> Vec<u64> {
+    let mut weight = vec![0u64; profile.mappings.len()];
+    for stack in &profile.stacks {
+        if let Some(Some((m, _))) = stack.addresses.iter().find(|a| a.is_some())
+            && let Some(w) = weight.get_mut(*m)
+        {
+            *w = w.saturating_add(stack.count);
+        }
+    }
+    let mut order: Vec<usize> = (0..profile.mappings.len()).collect();
+    order.sort_by_key(|&m| (std::cmp::Reverse(weight.get(m).copied().unwrap_or(0)), m));
+    let mut ids = vec![0u64; profile.mappings.len()];
+    for (rank, m) in order.into_iter().enumerate() {
+        if let Some(id) = ids.get_mut(m) {
+            *id = rank as u64 + 1;
+        }
+    }
+    ids
+}
+
 /// Brendan Gregg's folded format: `comm;outer;...;leaf count`, one stack a
 /// line, the process name as root frame and kernel frames ending in `_[k]`.
 /// Grouped by cgroup, the cgroup's path is the root frame, above `comm`.
@@ -102,26 +125,57 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     let comm_key = strings.index("comm");
     let pid_key = strings.index("pid");
     let cgroup_key = strings.index("cgroup");
+    let mapping_ids = mapping_ids(profile);
+    for (index, mapping) in profile.mappings.iter().enumerate() {
+        let Some(&id) = mapping_ids.get(index) else {
+            continue;
+        };
+        out.mapping.push(pprof::Mapping {
+            id,
+            memory_start: mapping.start,
+            memory_limit: mapping.limit,
+            file_offset: mapping.file_offset,
+            filename: strings.index(&mapping.file),
+            build_id: mapping
+                .build_id
+                .as_deref()
+                .map_or(0, |id| strings.index(id)),
+            has_functions: true,
+        });
+    }
+    // pprof takes the first mapping for the main binary.
+    out.mapping.sort_by_key(|m| m.id);
+    let mut locations: HashMap<(Option<(usize, u64)>, &str), u64> = HashMap::new();
     for stack in &profile.stacks {
         let location_id = stack
             .frames
             .iter()
+            .enumerate()
             .rev()
-            .map(|frame| {
-                let next = functions.len() as u64 + 1;
-                *functions.entry(frame.clone()).or_insert_with(|| {
+            .map(|(i, frame)| {
+                let at = stack.addresses.get(i).copied().flatten();
+                let next_function = functions.len() as u64 + 1;
+                let function_id = *functions.entry(frame.clone()).or_insert_with(|| {
                     let name = strings.index(frame);
                     out.function.push(pprof::Function {
-                        id: next,
+                        id: next_function,
                         name,
                         system_name: name,
                     });
-                    // One location per function: ids match.
+                    next_function
+                });
+                let next_location = locations.len() as u64 + 1;
+                *locations.entry((at, frame.as_str())).or_insert_with(|| {
+                    let (mapping_id, address) = at
+                        .and_then(|(m, address)| Some((*mapping_ids.get(m)?, address)))
+                        .unwrap_or((0, 0));
                     out.location.push(pprof::Location {
-                        id: next,
-                        line: vec![pprof::Line { function_id: next }],
+                        id: next_location,
+                        mapping_id,
+                        address,
+                        line: vec![pprof::Line { function_id }],
                     });
-                    next
+                    next_location
                 })
             })
             .collect();
@@ -186,14 +240,28 @@ mod tests {
     use std::io::Read as _;
 
     use super::*;
-    use crate::profile::{GroupBy, Request, Stack};
+    use crate::profile::{GroupBy, Mapping, Request, Stack};
 
     fn profile(group_by: GroupBy) -> Profile {
+        let mut profile = profile_without_addresses(group_by);
+        // nginx's frames are in its executable, worker's spin in a library.
+        profile.stacks[0].addresses =
+            vec![Some((1, 0x5500_0000_1234)), Some((1, 0x5500_0000_5678))];
+        profile.stacks[1].addresses = vec![
+            Some((1, 0x5500_0000_1234)),
+            Some((0, 0x7f00_0000_0042)),
+            None,
+        ];
+        profile
+    }
+
+    fn profile_without_addresses(group_by: GroupBy) -> Profile {
         let stack = |cgroup: &str, comm: &str, pid, frames: &[&str], count| Stack {
             cgroup: cgroup.to_owned(),
             comm: comm.to_owned(),
             pid,
             frames: frames.iter().map(|f| (*f).to_owned()).collect(),
+            addresses: vec![None; frames.len()],
             count,
         };
         Profile {
@@ -207,6 +275,22 @@ mod tests {
                 ),
                 stack("/a;b", "worker", 11, &["main", "spin", "tick_[k]"], 3),
                 stack("/", "kthreadd", 2, &[], 1),
+            ],
+            mappings: vec![
+                Mapping {
+                    start: 0x7f00_0000_0000,
+                    limit: 0x7f00_0010_0000,
+                    file_offset: 0x1000,
+                    file: "/usr/lib/libspin.so".to_owned(),
+                    build_id: None,
+                },
+                Mapping {
+                    start: 0x5500_0000_0000,
+                    limit: 0x5500_0020_0000,
+                    file_offset: 0,
+                    file: "/usr/sbin/nginx".to_owned(),
+                    build_id: Some("c991f941c690b10ff25dd2732fcd9cd69bba00f1".to_owned()),
+                },
             ],
             request: Request {
                 seconds: 1,
@@ -280,6 +364,32 @@ mod tests {
         );
         assert_eq!(labels[1][2], ("cgroup", "/a;b", 0));
         assert_eq!(labels[2][2], ("cgroup", "/", 0));
+        // The executable most samples start in comes first, with its build
+        // ID; every user frame points into its mapping at its address.
+        assert_eq!(out.mapping.len(), 2);
+        assert_eq!(string(out.mapping[0].filename), "/usr/sbin/nginx");
+        assert_eq!(
+            string(out.mapping[0].build_id),
+            "c991f941c690b10ff25dd2732fcd9cd69bba00f1"
+        );
+        assert_eq!(out.mapping[0].memory_start, 0x5500_0000_0000);
+        assert_eq!(string(out.mapping[1].filename), "/usr/lib/libspin.so");
+        assert_eq!(out.mapping[1].build_id, 0);
+        assert_eq!(out.mapping[1].file_offset, 0x1000);
+        let location = |id: u64| out.location.iter().find(|l| l.id == id).unwrap();
+        let nginx_leaf = location(out.sample[0].location_id[0]);
+        assert_eq!(
+            (nginx_leaf.mapping_id, nginx_leaf.address),
+            (1, 0x5500_0000_5678)
+        );
+        let spin = location(out.sample[1].location_id[1]);
+        assert_eq!((spin.mapping_id, spin.address), (2, 0x7f00_0000_0042));
+        let kernel = location(out.sample[1].location_id[0]);
+        assert_eq!(
+            (kernel.mapping_id, kernel.address),
+            (0, 0),
+            "kernel addresses are not shown"
+        );
         let grouped = decode(GroupBy::Cgroup);
         assert_eq!(
             grouped

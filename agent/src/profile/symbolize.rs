@@ -233,7 +233,7 @@ fn symbolize(
     } else {
         KernelSymbols::load()
     };
-    let user_names = user_names(sandbox, processes, user_addrs, started);
+    let user = user_names(sandbox, processes, user_addrs, started);
 
     // Stacks that differ only in addresses within the same functions read
     // the same once symbolized: merge them. So do cgroups with one name
@@ -242,21 +242,24 @@ fn symbolize(
     let mut cgroup_names: HashMap<u64, String> = HashMap::new();
     for (key, count) in &raw.counts {
         let mut frames = Vec::new();
+        let mut addresses = Vec::new();
         // Outermost caller first: user frames, then the kernel's.
         if let Some(ips) = stack(&raw, key.user_stack) {
-            frames.extend(call_sites(ips).rev().map(|addr| {
-                user_names
-                    .get(&(key.tgid, addr))
-                    .cloned()
-                    .unwrap_or_else(|| "[unknown]".to_owned())
-            }));
+            for addr in call_sites(ips).rev() {
+                frames.push(
+                    user.names
+                        .get(&(key.tgid, addr))
+                        .cloned()
+                        .unwrap_or_else(|| "[unknown]".to_owned()),
+                );
+                addresses.push(user.mapping_of.get(&(key.tgid, addr)).map(|m| (*m, addr)));
+            }
         }
         if let Some(ips) = stack(&raw, key.kernel_stack) {
-            frames.extend(
-                call_sites(ips)
-                    .rev()
-                    .map(|addr| format!("{}_[k]", kernel.name(addr).unwrap_or("[kernel]"))),
-            );
+            for addr in call_sites(ips).rev() {
+                frames.push(format!("{}_[k]", kernel.name(addr).unwrap_or("[kernel]")));
+                addresses.push(None);
+            }
         }
         let comm = raw
             .comms
@@ -274,15 +277,28 @@ fn symbolize(
                 comm,
                 pid: key.tgid,
                 frames,
+                addresses,
                 count: *count,
             });
     }
     Profile {
         stacks: merged.into_values().collect(),
+        mappings: user.mappings,
         request,
         dropped: raw.dropped,
         symbolize_time: started.elapsed(),
     }
+}
+
+/// Names of user addresses, and the mapped files they are in.
+#[derive(Default)]
+struct UserNames {
+    /// By (process, address).
+    names: HashMap<(u32, u64), String>,
+    /// The index in `mappings` of the file mapping an address is in.
+    mapping_of: HashMap<(u32, u64), usize>,
+    /// Every file mapping a sampled address is in.
+    mappings: Vec<super::Mapping>,
 }
 
 /// Names for every process's user addresses. Each mapped file is named once
@@ -294,8 +310,14 @@ fn user_names(
     processes: &Processes,
     user_addrs: BTreeMap<u32, Vec<u64>>,
     started: Instant,
-) -> HashMap<(u32, u64), String> {
+) -> UserNames {
     let mut names = HashMap::new();
+    let mut mapping_of = HashMap::new();
+    let mut mappings: Vec<super::Mapping> = Vec::new();
+    // Per mapping (by process and index in its maps): its index in
+    // `mappings`, and the open file it is read from.
+    let mut mapping_index: HashMap<(u32, usize), usize> = HashMap::new();
+    let mut file_of_mapping: Vec<Option<usize>> = Vec::new();
     let mut by_file: HashMap<usize, Vec<(u64, Place)>> = HashMap::new();
     let mut by_perf_map: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (tgid, mut addrs) in user_addrs {
@@ -310,6 +332,21 @@ fn user_names(
             match found {
                 Some((i, mapping)) if mapping.is_file() => {
                     let offset = addr - mapping.start + mapping.offset;
+                    let index = *mapping_index.entry((tgid, i)).or_insert_with(|| {
+                        mappings.push(super::Mapping {
+                            start: mapping.start,
+                            limit: mapping.end,
+                            file_offset: mapping.offset,
+                            file: printable(&mapping.path.as_ref().map_or_else(
+                                || mapping.module_name(),
+                                |p| p.display().to_string(),
+                            )),
+                            build_id: None,
+                        });
+                        file_of_mapping.push(process.files.get(i).copied().flatten());
+                        mappings.len() - 1
+                    });
+                    mapping_of.insert((tgid, addr), index);
                     let fallback = printable(&format!("{}+{offset:#x}", mapping.module_name()));
                     let place = Place {
                         tgid,
@@ -354,6 +391,26 @@ fn user_names(
             names.insert((place.tgid, place.addr), name);
         }
     }
+    // Build IDs, one question per file however many processes map it.
+    let mut build_ids: HashMap<usize, Option<String>> = HashMap::new();
+    for (mapping, file) in mappings.iter_mut().zip(&file_of_mapping) {
+        let Some(file) = *file else { continue };
+        if started.elapsed() > BUDGET {
+            over_budget = true;
+            break;
+        }
+        let id = build_ids.entry(file).or_insert_with(|| {
+            let fd = processes.files.get(file)?;
+            match sandbox.build_id(fd.as_fd()) {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::debug!("no build ID for {}: {err}", mapping.file);
+                    None
+                }
+            }
+        });
+        mapping.build_id = id.clone();
+    }
     for (tgid, addrs) in by_perf_map {
         let Some(fd) = processes
             .by_tgid
@@ -381,7 +438,11 @@ fn user_names(
             BUDGET.as_secs()
         );
     }
-    names
+    UserNames {
+        names,
+        mapping_of,
+        mappings,
+    }
 }
 
 /// The names, or `None` after logging why there are none.

@@ -46,7 +46,13 @@ pub struct SymbolTable {
     /// (start, end) virtual addresses and the name's range in `names`.
     symbols: Vec<(u64, u64, Range<u32>)>,
     names: String,
+    /// The GNU build ID (`.note.gnu.build-id`), in lowercase hex, as
+    /// debuginfod and pprof servers look files up by it.
+    pub build_id: Option<String>,
 }
+
+/// The longest build ID kept: SHA-1 IDs are 20 bytes, some linkers write 32.
+const MAX_BUILD_ID: usize = 64;
 
 impl SymbolTable {
     /// Reads the symbol tables of `file`.
@@ -80,6 +86,12 @@ impl SymbolTable {
         if total > MAX_TABLE_BYTES {
             return Err(ElfError::TooLarge(total));
         }
+        let build_id = elf
+            .build_id()
+            .ok()
+            .flatten()
+            .filter(|id| !id.is_empty() && id.len() <= MAX_BUILD_ID)
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
         let segments: Vec<(Range<u64>, u64)> = elf
             .segments()
             .filter_map(|segment| {
@@ -138,6 +150,7 @@ impl SymbolTable {
             segments,
             symbols,
             names,
+            build_id,
         })
     }
 

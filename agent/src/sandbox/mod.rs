@@ -133,6 +133,33 @@ impl Sandbox {
         self.ask_in_chunks(file, addrs, |addrs| Request::PerfMap { addrs })
     }
 
+    /// The GNU build ID of the ELF file `file`, in hex.
+    pub fn build_id(&mut self, file: BorrowedFd<'_>) -> Result<Option<String>, SandboxError> {
+        if self.quarantined(file) {
+            return Err(SandboxError::File(
+                "it made the sandbox fail before and is not read again".into(),
+            ));
+        }
+        match self.exchange(file, &Request::BuildId)? {
+            // Checked: the sandbox's answers are not trusted either.
+            Reply::BuildId(id) => {
+                Ok(id.filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit())))
+            }
+            Reply::Failed(why) => Err(SandboxError::File(why)),
+            Reply::Names(_) => {
+                self.worker = None;
+                Err(SandboxError::Failed("names for a build ID request".into()))
+            }
+        }
+    }
+
+    /// Whether `file` made the sandbox fail too often to be read again.
+    fn quarantined(&self, file: BorrowedFd<'_>) -> bool {
+        file_key(file)
+            .and_then(|key| self.failures.get(&key))
+            .is_some_and(|n| *n >= STRIKES)
+    }
+
     fn ask_in_chunks(
         &mut self,
         file: BorrowedFd<'_>,
@@ -140,10 +167,7 @@ impl Sandbox {
         request: impl Fn(Vec<u64>) -> Request,
     ) -> Result<Vec<Option<String>>, SandboxError> {
         let key = file_key(file);
-        if key
-            .and_then(|key| self.failures.get(&key))
-            .is_some_and(|n| *n >= STRIKES)
-        {
+        if self.quarantined(file) {
             return Err(SandboxError::File(
                 "it made the sandbox fail before and is not read again".into(),
             ));
@@ -171,6 +195,29 @@ impl Sandbox {
         request: Request,
         expected: usize,
     ) -> Result<Vec<Option<String>>, SandboxError> {
+        match self.exchange(file, &request)? {
+            Reply::Names(names) if names.len() == expected => Ok(names),
+            Reply::Failed(why) => Err(SandboxError::File(why)),
+            Reply::Names(names) => {
+                self.worker = None;
+                Err(SandboxError::Failed(format!(
+                    "{} names for {expected} addresses",
+                    names.len()
+                )))
+            }
+            Reply::BuildId(_) => {
+                self.worker = None;
+                Err(SandboxError::Failed(
+                    "a build ID for a names request".into(),
+                ))
+            }
+        }
+    }
+
+    /// Sends one request and reads its reply; on any failure but the
+    /// file's own, the worker is dropped (killed) and the next request
+    /// starts a new one.
+    fn exchange(&mut self, file: BorrowedFd<'_>, request: &Request) -> Result<Reply, SandboxError> {
         // One that died while idle (killed by the OOM killer, say) is
         // replaced before it costs a file its names.
         if let Some(worker) = &mut self.worker
@@ -186,15 +233,10 @@ impl Sandbox {
                 .insert(Worker::spawn().map_err(SandboxError::Spawn)?),
         };
         let failed = |what: String| SandboxError::Failed(what);
-        let answer = protocol::send(worker.socket.as_fd(), &request, Some(file))
+        let answer = protocol::send(worker.socket.as_fd(), request, Some(file))
             .and_then(|()| protocol::recv::<Reply>(worker.socket.as_fd()));
         let result = match answer {
-            Ok(Some((Reply::Names(names), _))) if names.len() == expected => Ok(names),
-            Ok(Some((Reply::Names(names), _))) => Err(failed(format!(
-                "{} names for {expected} addresses",
-                names.len()
-            ))),
-            Ok(Some((Reply::Failed(why), _))) => return Err(SandboxError::File(why)),
+            Ok(Some((reply, _))) => Ok(reply),
             Ok(None) => Err(failed(worker.exit_reason())),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(failed(format!(
                 "no answer within {} s",

@@ -42,6 +42,8 @@ pub enum Request {
         /// Process addresses.
         addrs: Vec<u64>,
     },
+    /// The GNU build ID of an ELF file.
+    BuildId,
 }
 
 /// The sandbox's answer to one [`Request`].
@@ -50,6 +52,8 @@ pub enum Reply {
     /// One entry per address asked for, in order; `None` where the file
     /// has no name for it.
     Names(Vec<Option<String>>),
+    /// The file's build ID in hex, if it has one.
+    BuildId(Option<String>),
     /// The file could not be read.
     Failed(String),
 }

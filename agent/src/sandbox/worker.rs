@@ -84,6 +84,10 @@ fn answer(cache: &mut Cache, request: Request, file: File) -> Reply {
             ),
             Err(err) => Reply::Failed(err.to_string()),
         },
+        Request::BuildId => match cache.table(file) {
+            Ok(table) => Reply::BuildId(table.build_id.clone()),
+            Err(err) => Reply::Failed(err),
+        },
         _ => Reply::Failed("too many addresses in one request".into()),
     }
 }

@@ -652,3 +652,58 @@ fn stripped_binary_frames_read_file_plus_offset() {
         "{named} of {total} samples have stripped_loop+0xOFFSET frames:\n{body}"
     );
 }
+
+/// A Go program built stripped (`-ldflags=-s`: no `.symtab`, as Debian's
+/// Go packages ship) is named from its `.gopclntab`.
+#[test]
+fn stripped_go_binary_is_named_from_its_pclntab() {
+    let daemon = Daemon::start("sched");
+    let dir = hostscope_tests::programs::build_dir();
+    let source = dir.join("gospin.go");
+    std::fs::write(
+        &source,
+        "package main\n\n//go:noinline\nfunc hotGoSpin(n int) int {\n\ts := 0\n\t\
+         for i := 0; i < n; i++ {\n\t\ts += i * i\n\t}\n\treturn s\n}\n\n\
+         func main() {\n\tt := 0\n\tfor {\n\t\tt += hotGoSpin(1000000)\n\t}\n}\n",
+    )
+    .expect("write the Go source");
+    let exe = dir.join("gospin");
+    let built = Command::new("go")
+        .args(["build", "-ldflags=-s", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("HOME", &dir)
+        .output()
+        .expect("go (golang-go) is installed by `cargo xtask setup`");
+    assert!(
+        built.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let sections = Command::new("readelf")
+        .arg("-S")
+        .arg(&exe)
+        .output()
+        .expect("readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(!sections.contains(".symtab"), "the binary is stripped");
+    let hot = Running::start(Command::new(&exe), "gospin");
+    let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", hot.pid));
+    assert_eq!(status, 200, "{body}");
+    let mut named = 0u64;
+    let mut total = 0u64;
+    for line in body.lines() {
+        let (stack, count) = line.rsplit_once(' ').expect("stack and count");
+        let count: u64 = count.parse().expect("a count");
+        total += count;
+        if stack.split(';').any(|f| f == "main.hotGoSpin") {
+            named += count;
+        }
+    }
+    assert!(total >= 50, "too few samples: {body}");
+    assert!(
+        named * 10 >= total * 9,
+        "{named} of {total} samples name main.hotGoSpin:\n{body}"
+    );
+}

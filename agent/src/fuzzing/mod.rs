@@ -64,6 +64,14 @@ pub const TARGETS: &[Target] = &[
         bytes_overhead: 64 << 10,
     },
     Target {
+        name: "gopclntab",
+        check: symbols::gopclntab,
+        // At most 4,096 functions of a name each (up to 512 bytes), however
+        // small the input: the cap, not the input, bounds it.
+        bytes_per_input_byte: 8,
+        bytes_overhead: 4 << 20,
+    },
+    Target {
         name: "cgroup",
         check: cgroup::check,
         // The lossy text, the path's components and one mountinfo line's

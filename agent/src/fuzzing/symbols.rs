@@ -11,7 +11,7 @@ use std::{
 use super::Violation;
 use crate::{
     profile::procmaps,
-    sandbox::{elf::SymbolTable, perfmap::PerfMap, truncate},
+    sandbox::{elf::SymbolTable, gopclntab, perfmap::PerfMap, truncate},
 };
 
 /// Offsets or addresses looked up per input.
@@ -147,4 +147,24 @@ fn tiny_elf() -> Option<Vec<u8>> {
     let elf = built.then(|| std::fs::read(&out).ok()).flatten();
     let _ = std::fs::remove_dir_all(&dir);
     elf
+}
+
+/// Go's `.gopclntab` (in a stripped Go binary, the process's to choose):
+/// at most the cap, each name non-empty and within the name limit, and no
+/// more functions than the table has room for.
+pub(super) fn gopclntab(data: &[u8]) -> Result<(), Violation> {
+    let functions = gopclntab::functions(data, MAX_LOOKUPS * 16);
+    if functions.len() > data.len() / 8 {
+        return Err(Violation::Broken(format!(
+            "{} functions from {} bytes",
+            functions.len(),
+            data.len()
+        )));
+    }
+    for (_, name) in &functions {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(Violation::Broken(format!("a name of {} bytes", name.len())));
+        }
+    }
+    Ok(())
 }

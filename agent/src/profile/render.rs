@@ -6,6 +6,9 @@ use prost::Message as _;
 
 use super::{GroupBy, Profile, ProfileError, pprof};
 
+/// One pprof location: where (mapping and address, if known) and which name.
+type LocationKey<'a> = (Option<(usize, u64)>, &'a str);
+
 /// The pprof id of each of `profile`'s mappings (1-based), hottest first:
 /// ranked by the samples whose outermost user frame lies in it, which puts
 /// the main executable of the busiest process first.
@@ -145,7 +148,7 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     }
     // pprof takes the first mapping for the main binary.
     out.mapping.sort_by_key(|m| m.id);
-    let mut locations: HashMap<(Option<(usize, u64)>, &str), u64> = HashMap::new();
+    let mut locations: HashMap<LocationKey<'_>, u64> = HashMap::new();
     for stack in &profile.stacks {
         let location_id = stack
             .frames

@@ -1,5 +1,6 @@
 //! Function names from an ELF file's symbol tables (`.symtab` and
-//! `.dynsym`), read inside the sandbox from a descriptor the daemon opened.
+//! `.dynsym`, or a stripped Go binary's `.gopclntab`), read inside the
+//! sandbox from a descriptor the daemon opened.
 //!
 //! Reads go through `pread` of exactly the ranges needed, never a mapping:
 //! a file that its owner truncates meanwhile gives a read error here, not
@@ -14,7 +15,7 @@ use object::{
     SymbolKind,
 };
 
-use super::protocol::MAX_NAME;
+use super::{gopclntab, protocol::MAX_NAME};
 
 /// The most bytes of symbol and string tables read from one file.
 pub const MAX_TABLE_BYTES: u64 = 96 << 20;
@@ -83,6 +84,17 @@ impl SymbolTable {
                 table_ranges.push(offset..offset + len);
             }
         }
+        // A Go binary without .symtab still has the runtime's own table.
+        let gopclntab = if elf.section_by_name(".symtab").is_none() {
+            elf.section_by_name(".gopclntab")
+                .and_then(|section| section.file_range())
+                .filter(|(offset, len)| offset.checked_add(*len).is_some_and(|end| end <= size))
+        } else {
+            None
+        };
+        if let Some((_, len)) = gopclntab {
+            total = total.saturating_add(len);
+        }
         if total > MAX_TABLE_BYTES {
             return Err(ElfError::TooLarge(total));
         }
@@ -101,6 +113,15 @@ impl SymbolTable {
             .collect();
         drop(elf);
         let file = cache.into_inner();
+        let go_functions = match gopclntab {
+            Some((offset, len)) => {
+                let mut table =
+                    vec![0u8; usize::try_from(len).map_err(|_| ElfError::TooLarge(len))?];
+                file.read_exact_at(&mut table, offset)?;
+                gopclntab::functions(&table, MAX_SYMBOLS)
+            }
+            None => Vec::new(),
+        };
         let tables = Preloaded::read(&file, &table_ranges)?;
         let rest = ReadCache::new(file);
         let reader = Layered {
@@ -134,6 +155,20 @@ impl SymbolTable {
             names.push_str(&name);
             let start = symbol.address();
             symbols.push((start, start.saturating_add(symbol.size()), at..end));
+        }
+        for (start, name) in go_functions {
+            if symbols.len() >= MAX_SYMBOLS {
+                break;
+            }
+            let (Ok(at), Ok(end)) = (
+                u32::try_from(names.len()),
+                u32::try_from(names.len() + name.len()),
+            ) else {
+                break;
+            };
+            names.push_str(&name);
+            // No size in the table: each reaches to the next (below).
+            symbols.push((start, start, at..end));
         }
         symbols.sort_unstable_by_key(|(start, end, _)| (*start, std::cmp::Reverse(*end)));
         symbols.dedup_by_key(|(start, _, _)| *start);

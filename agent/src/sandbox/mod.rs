@@ -16,6 +16,7 @@
 //! for the next file; a file that does this twice is not sent again.
 
 pub(crate) mod elf;
+pub(crate) mod gopclntab;
 pub(crate) mod perfmap;
 mod protocol;
 mod seccomp;

@@ -56,12 +56,12 @@ fn read(table: &[u8], max: usize) -> Option<Vec<(u64, String)>> {
             let (names, functab) = (header(3)?, header(7)?);
             for i in 0..count {
                 let entry = functab.checked_add(i.checked_mul(8)?)?;
-                let Some(func) = u32_at(table, entry + 4) else {
+                let Some(func) = u32_at(table, entry.saturating_add(4)) else {
                     break;
                 };
                 let func = functab.checked_add(func as usize)?;
                 let (Some(entry_off), Some(name_off)) =
-                    (u32_at(table, func), i32_at(table, func + 4))
+                    (u32_at(table, func), i32_at(table, func.saturating_add(4)))
                 else {
                     continue;
                 };
@@ -80,7 +80,7 @@ fn read(table: &[u8], max: usize) -> Option<Vec<(u64, String)>> {
             };
             for i in 0..count {
                 let entry = functab.checked_add(i.checked_mul(2 * ptr)?)?;
-                let (Some(pc), Some(func)) = (word(entry), word(entry + ptr)) else {
+                let (Some(pc), Some(func)) = (word(entry), word(entry.saturating_add(ptr))) else {
                     break;
                 };
                 let Some(func) = usize::try_from(func)

@@ -93,6 +93,11 @@ fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&Cg
             Job::Cache(tgid) => {
                 processes.cache(tgid);
                 cgroups.process(tgid);
+                // While the capture runs, have the sandbox read the new
+                // files' symbol tables (it keeps them) and build IDs, so
+                // that little is left to do once it ends.
+                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+                processes.read_ahead(&mut sandbox);
             }
             Job::Symbolize(raw, request, reply) => {
                 // Processes that first ran after the last tick, if still alive.
@@ -104,7 +109,13 @@ fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&Cg
                 cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
                 sandbox.refresh();
-                let _ = reply.send(symbolize(&mut sandbox, &processes, &cgroups, raw, request));
+                let _ = reply.send(symbolize(
+                    &mut sandbox,
+                    &mut processes,
+                    &cgroups,
+                    raw,
+                    request,
+                ));
             }
         }
     }
@@ -121,6 +132,9 @@ struct Processes {
     by_mapping: HashMap<(u64, u64), usize>,
     /// How many files may be open at once.
     max_files: usize,
+    /// Build IDs of the files in `files` read so far (by index); reading
+    /// one also has the sandbox read and keep the file's symbol table.
+    build_ids: HashMap<usize, Option<String>>,
 }
 
 impl Default for Processes {
@@ -132,6 +146,7 @@ impl Default for Processes {
             by_inode: HashMap::new(),
             by_mapping: HashMap::new(),
             max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
+            build_ids: HashMap::new(),
         }
     }
 }
@@ -144,6 +159,29 @@ struct Process {
 }
 
 impl Processes {
+    /// Reads the build ID (and so has the sandbox read the symbol table)
+    /// of every file opened since the last call.
+    fn read_ahead(&mut self, sandbox: &mut Sandbox) {
+        for index in self.build_ids.len()..self.files.len() {
+            let id = self
+                .files
+                .get(index)
+                .and_then(|fd| sandbox.build_id(fd.as_fd()).ok().flatten());
+            self.build_ids.insert(index, id);
+        }
+    }
+
+    /// The build ID of open file `index`, read now if it was not read ahead.
+    fn build_id(&mut self, sandbox: &mut Sandbox, index: usize) -> Option<String> {
+        if let Some(id) = self.build_ids.get(&index) {
+            return id.clone();
+        }
+        let fd = self.files.get(index)?;
+        let id = sandbox.build_id(fd.as_fd()).ok().flatten();
+        self.build_ids.insert(index, id.clone());
+        id
+    }
+
     fn cache(&mut self, tgid: u32) {
         if self.by_tgid.contains_key(&tgid) {
             return;
@@ -209,7 +247,7 @@ struct Place {
 
 fn symbolize(
     sandbox: &mut Sandbox,
-    processes: &Processes,
+    processes: &mut Processes,
     cgroups: &cgroups::Names,
     raw: Raw,
     request: Request,
@@ -307,7 +345,7 @@ struct UserNames {
 /// times.
 fn user_names(
     sandbox: &mut Sandbox,
-    processes: &Processes,
+    processes: &mut Processes,
     user_addrs: BTreeMap<u32, Vec<u64>>,
     started: Instant,
 ) -> UserNames {
@@ -391,25 +429,15 @@ fn user_names(
             names.insert((place.tgid, place.addr), name);
         }
     }
-    // Build IDs, one question per file however many processes map it.
-    let mut build_ids: HashMap<usize, Option<String>> = HashMap::new();
+    // Build IDs, one question per file however many processes map it
+    // (most were read while the capture ran).
     for (mapping, file) in mappings.iter_mut().zip(&file_of_mapping) {
         let Some(file) = *file else { continue };
         if started.elapsed() > BUDGET {
             over_budget = true;
             break;
         }
-        let id = build_ids.entry(file).or_insert_with(|| {
-            let fd = processes.files.get(file)?;
-            match sandbox.build_id(fd.as_fd()) {
-                Ok(id) => id,
-                Err(err) => {
-                    tracing::debug!("no build ID for {}: {err}", mapping.file);
-                    None
-                }
-            }
-        });
-        mapping.build_id = id.clone();
+        mapping.build_id = processes.build_id(sandbox, file);
     }
     for (tgid, addrs) in by_perf_map {
         let Some(fd) = processes

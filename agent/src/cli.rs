@@ -109,6 +109,16 @@ pub enum CgroupBuckets {
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
+    /// What to profile: `cpu` (stacks on CPU, sampled) or `offcpu` (where
+    /// threads block, weighted by the time blocked).
+    #[arg(long, value_name = "cpu|offcpu")]
+    pub kind: Option<String>,
+
+    /// Off-CPU profiles: the shortest block counted, in microseconds
+    /// (default 1000).
+    #[arg(long, value_name = "US")]
+    pub min_block_us: Option<String>,
+
     /// How long to sample, in seconds (default 10).
     #[arg(long)]
     pub seconds: Option<String>,

@@ -25,6 +25,7 @@ use aya::{
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
+        tp_btf::BtfTracePointLinkId,
     },
 };
 
@@ -225,24 +226,63 @@ impl Probes {
         program: &'static str,
         tracepoint: &'static str,
     ) -> Result<(), AttachError> {
+        self.load_btf_tracepoint(program, tracepoint)?;
+        // The link stays with the program until it is unloaded.
+        self.attach_loaded_btf_tracepoint(program, tracepoint)?;
+        tracing::debug!(program, tracepoint, "attached");
+        Ok(())
+    }
+
+    /// Loads a BTF tracepoint program without attaching it (a profiler's,
+    /// attached per capture). It needs the kernel BTF, so this must run
+    /// before [`Probes::release_btf`].
+    pub fn load_btf_tracepoint(
+        &mut self,
+        program: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), AttachError> {
+        let btf = self.btf.as_ref().ok_or(AttachError::BtfReleased)?;
         let prog: &mut BtfTracePoint = self
             .ebpf
             .program_mut(program)
             .ok_or(AttachError::MissingProgram(program))?
             .try_into()
             .map_err(|_| AttachError::MissingProgram(program))?;
-        let btf = self.btf.as_ref().ok_or(AttachError::BtfReleased)?;
-        prog.load(tracepoint, btf)
-            .map_err(|err| AttachError::Load {
-                tracepoint,
-                reason: first_line(&err),
-            })?;
-        prog.attach().map_err(|err| AttachError::Attach {
+        prog.load(tracepoint, btf).map_err(|err| AttachError::Load {
             tracepoint,
             reason: first_line(&err),
-        })?;
-        tracing::debug!(program, tracepoint, "attached");
-        Ok(())
+        })
+    }
+
+    /// Attaches a loaded BTF tracepoint program; the link detaches it.
+    pub fn attach_loaded_btf_tracepoint(
+        &mut self,
+        program: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<BtfTracePointLinkId, AttachError> {
+        self.btf_tracepoint(program)?
+            .attach()
+            .map_err(|err| AttachError::Attach {
+                tracepoint,
+                reason: first_line(&err),
+            })
+    }
+
+    /// Detaches one link of a BTF tracepoint program (it stays loaded).
+    pub fn detach_btf_tracepoint(&mut self, program: &'static str, link: BtfTracePointLinkId) {
+        if let Ok(prog) = self.btf_tracepoint(program)
+            && let Err(err) = prog.detach(link)
+        {
+            tracing::warn!(program, "detaching failed: {}", first_line(&err));
+        }
+    }
+
+    fn btf_tracepoint(&mut self, program: &'static str) -> Result<&mut BtfTracePoint, AttachError> {
+        self.ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?
+            .try_into()
+            .map_err(|_| AttachError::MissingProgram(program))
     }
 
     /// Loads a perf_event program, to be attached later, once per capture.
@@ -380,6 +420,7 @@ mod tests {
             profile::PROFILE_COMMS_MAP,
             profile::PROFILE_FILTER_MAP,
             profile::PROFILE_DROPPED_MAP,
+            profile::OFFCPU_CONFIG_MAP,
             cgroup::CGROUP_ADMITTED_MAP,
             cgroup::CGROUP_EXCLUDED_MAP,
             cgroup::CGROUP_OVERFLOW_MAP,
@@ -388,7 +429,7 @@ mod tests {
             tcp::TCP_LATENCY_BY_CGROUP_MAP,
             tcp::TCP_COUNTERS_BY_CGROUP_MAP,
         ];
-        let mut programs = vec![profile::PROFILE_PROGRAM];
+        let mut programs = vec![profile::PROFILE_PROGRAM, profile::OFFCPU_PROGRAM];
         for list in [
             &block::BLOCK_PROGRAMS,
             &sched::SCHED_PROGRAMS,
@@ -411,8 +452,11 @@ mod tests {
             cgroup::globals::KERNFS_NODE_ID,
             cgroup::globals::SOCK_CGROUP,
         ];
+        // Maps defined through BTF (task storage), in the `.maps` section.
+        let btf_maps = [profile::OFFCPU_START_MAP];
         let missing: Vec<&str> = maps
             .iter()
+            .chain(&btf_maps)
             .chain(&programs)
             .chain(&globals)
             .copied()
@@ -422,19 +466,28 @@ mod tests {
             missing.is_empty(),
             "named by the agent but not in the eBPF object: {missing:?}"
         );
-        // Programs live in their own sections; maps in the `maps` section.
-        let maps_section = file
-            .section_by_name("maps")
-            .expect("the object has a maps section")
-            .index();
+        // Programs live in their own sections; maps in the `maps` section,
+        // BTF-defined ones in `.maps`.
+        let section = |name| {
+            file.section_by_name(name)
+                .unwrap_or_else(|| panic!("the object has a {name} section"))
+                .index()
+        };
+        let (maps_section, btf_maps_section) = (section("maps"), section(".maps"));
         for symbol in file.symbols() {
-            if let Ok(name) = symbol.name()
-                && maps.contains(&name)
-            {
+            let Ok(name) = symbol.name() else { continue };
+            if maps.contains(&name) {
                 assert_eq!(
                     symbol.section_index(),
                     Some(maps_section),
                     "{name} is not a map"
+                );
+            }
+            if btf_maps.contains(&name) {
+                assert_eq!(
+                    symbol.section_index(),
+                    Some(btf_maps_section),
+                    "{name} is not a BTF-defined map"
                 );
             }
         }

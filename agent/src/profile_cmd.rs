@@ -1,4 +1,5 @@
-//! `hostscope profile`: one CPU profile at the terminal, without a daemon.
+//! `hostscope profile`: one CPU or off-CPU profile at the terminal, without
+//! a daemon.
 
 use std::{
     io::Write as _,
@@ -11,7 +12,7 @@ use crate::{
     cli::{CgroupArgs, MapArgs, ProfileArgs, ProfileFormat},
     privileges,
     probes::Probes,
-    profile::{self, Limits, Params, Profiler},
+    profile::{self, Kind, Limits, Params, Profiler},
 };
 
 /// The CLI's own limits: an engineer at a terminal may ask for more than a
@@ -24,6 +25,8 @@ pub(crate) const LIMITS: Limits = Limits {
 /// The flags that make a request, as the query string gives them.
 pub(crate) fn params(args: &ProfileArgs) -> Params<'_> {
     Params {
+        kind: args.kind.as_deref(),
+        min_block_us: args.min_block_us.as_deref(),
         seconds: args.seconds.as_deref(),
         pid: args.pid.as_deref(),
         frequency: args.frequency.as_deref(),
@@ -58,10 +61,16 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
             format!("pid {pid} in cgroup {}", profile::printable(&cgroup.path))
         }
     };
-    eprintln!(
-        "Sampling {what} for {} s at {} Hz...",
-        request.seconds, request.frequency
-    );
+    match request.kind {
+        Kind::Cpu => eprintln!(
+            "Sampling {what} for {} s at {} Hz...",
+            request.seconds, request.frequency
+        ),
+        Kind::OffCpu { min_block_us } => eprintln!(
+            "Measuring where {what} blocks for {} s (blocks of {min_block_us} us or more)...",
+            request.seconds
+        ),
+    }
     let profile = runtime.block_on(profiler.capture(request))?;
     tracing::info!(
         stacks = profile.stacks.len(),

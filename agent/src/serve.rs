@@ -4,7 +4,7 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use anyhow::Context as _;
@@ -54,19 +54,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         &args.collectors,
         attribution,
     ));
-    probes.release_btf();
     let probes = Arc::new(Mutex::new(probes));
     let limits = Limits {
         max_seconds: args.profile_max_seconds,
         max_frequency: args.profile_max_frequency,
     };
-    // Loaded now, attached only while a profile is taken.
+    // Loaded now, attached only while a profile is taken; before the BTF is
+    // released, which the off-CPU program (a BTF tracepoint) needs to load.
     let profiler = Profiler::new(probes.clone(), limits)
         .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
         .map_err(|err| {
             tracing::error!("CPU profiling unavailable: {err}");
             Arc::from(err.to_string())
         });
+    probes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .release_btf();
     let max_connections = fit_connections(args.web_max_connections);
     let kept = privileges::drop_to_runtime_set()?;
     tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));

@@ -1,18 +1,33 @@
-//! Layout of the CPU profiler's maps.
+//! Layout of the profilers' maps: the CPU sampler's, and the off-CPU
+//! program's, which shares the sampler's stack, count, name, filter and
+//! dropped maps (one capture at a time uses them, of one kind).
 
 /// Stack traces (`BPF_MAP_TYPE_STACK_TRACE`), user and kernel alike.
 pub const PROFILE_STACKS_MAP: &str = "PROFILE_STACKS";
-/// Hash map: [`SampleKey`] -> sample count.
+/// Hash map: [`SampleKey`] -> samples (CPU profile) or nanoseconds blocked
+/// (off-CPU profile).
 pub const PROFILE_COUNTS_MAP: &str = "PROFILE_COUNTS";
 /// Hash map: tgid -> `[u8; 16]` process name, recorded at the first sample
 /// so that processes that exit before symbolization keep their name.
 pub const PROFILE_COMMS_MAP: &str = "PROFILE_COMMS";
 /// Array, one [`ProfileFilter`]: which tasks to sample.
 pub const PROFILE_FILTER_MAP: &str = "PROFILE_FILTER";
-/// Per-CPU array, one `u64`: samples lost to a full map or a stack collision.
+/// Per-CPU array, one `u64`: samples (or blocks) lost to a full map or a
+/// stack collision.
 pub const PROFILE_DROPPED_MAP: &str = "PROFILE_DROPPED";
 /// The program.
 pub const PROFILE_PROGRAM: &str = "profile_sample";
+
+/// The off-CPU program: at `sched_switch`, remembers where a task blocked
+/// and, when it runs again, adds the nanoseconds it spent blocked to
+/// [`PROFILE_COUNTS_MAP`] under the stacks it blocked in.
+pub const OFFCPU_PROGRAM: &str = "offcpu_switch";
+/// The BTF tracepoint [`OFFCPU_PROGRAM`] attaches to.
+pub const OFFCPU_TRACEPOINT: &str = "sched_switch";
+/// Task storage: where and since when each task has been blocked.
+pub const OFFCPU_START_MAP: &str = "OFFCPU_START";
+/// Array, one [`OffCpuConfig`]: this capture's start and threshold.
+pub const OFFCPU_CONFIG_MAP: &str = "OFFCPU_CONFIG";
 
 /// Distinct stacks the stack map holds.
 pub const STACK_ENTRIES: u32 = 16_384;
@@ -57,9 +72,23 @@ pub struct SampleKey {
     pub reserved: u32,
 }
 
-// No implicit padding in either: the sizes are the fields' sum.
+/// What the off-CPU program counts in the capture under way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuConfig {
+    /// When the capture started (`CLOCK_MONOTONIC` ns, the clock of
+    /// `bpf_ktime_get_ns`). A block that started earlier is not counted:
+    /// task storage outlives captures, and an entry left by an earlier one
+    /// names stack ids that have since been cleared.
+    pub since_ns: u64,
+    /// Shorter blocks are not counted.
+    pub min_block_ns: u64,
+}
+
+// No implicit padding in any: the sizes are the fields' sum.
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProfileFilter>() == 16);
+const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 16);
 
 #[cfg(feature = "user")]
 // SAFETY: integers only, no padding, every bit pattern valid.
@@ -68,3 +97,7 @@ unsafe impl aya::Pod for SampleKey {}
 #[cfg(feature = "user")]
 // SAFETY: integers only, no padding, every bit pattern valid.
 unsafe impl aya::Pod for ProfileFilter {}
+
+#[cfg(feature = "user")]
+// SAFETY: integers only, no padding, every bit pattern valid.
+unsafe impl aya::Pod for OffCpuConfig {}

@@ -19,7 +19,7 @@ use hostscope_common::{
     histogram::{BUCKETS, Histogram, bucket_index},
 };
 
-use crate::maps::{count, read_at};
+use crate::maps::{add, count, read_at};
 
 #[unsafe(no_mangle)]
 static CGROUP_ENABLED: Global<u32> = Global::new(0);
@@ -184,22 +184,4 @@ fn entry(map: &HashMap<CgroupKey, Histogram>, key: CgroupKey) -> Option<*mut His
     // Another CPU may insert the same key first: the lookup then finds it.
     let _ = map.insert(&key, zero, u64::from(BPF_NOEXIST));
     map.get_ptr_mut(&key)
-}
-
-/// An atomic `*target += value` (`BPF_ATOMIC | BPF_ADD`). Written as asm
-/// because core's atomics offer no read-modify-write on the BPF target.
-///
-/// # Safety
-/// `target` must be valid and 8-byte aligned.
-#[inline(always)]
-unsafe fn add(target: *mut u64, value: u64) {
-    // SAFETY: the caller's promise; the instruction touches only `*target`.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({0} + 0) += {1}",
-            in(reg) target,
-            in(reg) value,
-            options(nostack),
-        )
-    };
 }

@@ -12,6 +12,7 @@ mod cgroup;
 mod floor;
 mod histogram;
 mod maps;
+mod offcpu;
 mod profile;
 mod sched;
 mod task_storage;

@@ -32,3 +32,21 @@ pub fn read_at<T: Copy>(base: u64, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copes with any address.
     unsafe { bpf_probe_read_kernel(field) }.ok()
 }
+
+/// An atomic `*target += value` (`BPF_ATOMIC | BPF_ADD`). Written as asm
+/// because core's atomics offer no read-modify-write on the BPF target.
+///
+/// # Safety
+/// `target` must be valid and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn add(target: *mut u64, value: u64) {
+    // SAFETY: the caller's promise; the instruction touches only `*target`.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({0} + 0) += {1}",
+            in(reg) target,
+            in(reg) value,
+            options(nostack),
+        )
+    };
+}

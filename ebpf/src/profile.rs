@@ -1,6 +1,8 @@
 //! CPU profile: a perf_event program, attached to every CPU's software
 //! clock only while a profile is being taken, that counts samples per
-//! (cgroup, process, user stack, kernel stack) in the kernel.
+//! (cgroup, process, user stack, kernel stack) in the kernel. Its maps are
+//! shared with the off-CPU program (`offcpu.rs`); a capture attaches one or
+//! the other.
 
 use crate::maps::count;
 use aya_ebpf::{
@@ -11,7 +13,7 @@ use aya_ebpf::{
     },
     macros::{map, perf_event},
     maps::{Array, HashMap, PerCpuArray, StackTrace},
-    programs::{PerfEventContext, tracing::StackIdContext as _},
+    programs::{PerfEventContext, tracing::StackIdContext},
 };
 use hostscope_common::profile::{
     COMM_ENTRIES, COUNT_ENTRIES, MAX_CGROUP_LEVEL, ProfileFilter, STACK_ENTRIES, SampleKey,
@@ -21,16 +23,18 @@ use hostscope_common::profile::{
 static PROFILE_STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
 
 #[map(name = "PROFILE_COUNTS")]
-static PROFILE_COUNTS: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_ENTRIES, 0);
+pub(crate) static PROFILE_COUNTS: HashMap<SampleKey, u64> =
+    HashMap::with_max_entries(COUNT_ENTRIES, 0);
 
 #[map(name = "PROFILE_COMMS")]
-static PROFILE_COMMS: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(COMM_ENTRIES, 0);
+pub(crate) static PROFILE_COMMS: HashMap<u32, [u8; 16]> =
+    HashMap::with_max_entries(COMM_ENTRIES, 0);
 
 #[map(name = "PROFILE_FILTER")]
 static PROFILE_FILTER: Array<ProfileFilter> = Array::with_max_entries(1, 0);
 
 #[map(name = "PROFILE_DROPPED")]
-static PROFILE_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PROFILE_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// `-EFAULT`: no user stack, as for kernel threads. Not a loss.
 const EFAULT: i32 = -14;
@@ -57,6 +61,33 @@ fn under_cgroup(current: u64, target: u64) -> bool {
     false
 }
 
+/// Whether the current task, of process `tgid` in cgroup `cgroup`, passes
+/// the capture's pid and cgroup filter.
+#[inline(always)]
+pub(crate) fn wanted(tgid: u32, cgroup: u64) -> bool {
+    let Some(filter) = PROFILE_FILTER.get(0) else {
+        return true;
+    };
+    (filter.tgid == 0 || filter.tgid == tgid)
+        && (filter.cgroup == 0 || under_cgroup(cgroup, filter.cgroup))
+}
+
+/// The id in [`PROFILE_STACKS`] of the current task's user stack (with
+/// `BPF_F_USER_STACK`) or kernel stack, or -1. A failure other than "no
+/// user stack" counts as a loss.
+#[inline(always)]
+pub(crate) fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    match ctx.get_stackid(&PROFILE_STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            if err != EFAULT {
+                count(&PROFILE_DROPPED, 0);
+            }
+            -1
+        }
+    }
+}
+
 #[perf_event]
 pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -67,28 +98,14 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
     }
     // SAFETY: a helper with no arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(filter) = PROFILE_FILTER.get(0) {
-        if filter.tgid != 0 && filter.tgid != tgid {
-            return 0;
-        }
-        if filter.cgroup != 0 && !under_cgroup(cgroup, filter.cgroup) {
-            return 0;
-        }
+    if !wanted(tgid, cgroup) {
+        return 0;
     }
-    let stack = |flags: u64| match ctx.get_stackid(&PROFILE_STACKS, flags) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            if err != EFAULT {
-                count(&PROFILE_DROPPED, 0);
-            }
-            -1
-        }
-    };
     let key = SampleKey {
         cgroup,
         tgid,
-        user_stack: stack(u64::from(BPF_F_USER_STACK)),
-        kernel_stack: stack(0),
+        user_stack: stack_id(&ctx, u64::from(BPF_F_USER_STACK)),
+        kernel_stack: stack_id(&ctx, 0),
         reserved: 0,
     };
     match PROFILE_COUNTS.get_ptr_mut(key) {

@@ -128,3 +128,41 @@ int main(void) {
     }
 }
 "#;
+
+/// Blocks in `sleeper_leaf` (called from `main` through `sleeper_caller`),
+/// 20 ms at a time, forever; one thread, which is almost never on a CPU.
+/// The leaf makes the system call itself: glibc is built without frame
+/// pointers, so from inside its `clock_nanosleep` a frame-pointer unwinder
+/// would skip the frame that called it, the very function to find.
+pub const SLEEPER: &str = r#"
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+volatile uint64_t sleeps;
+__attribute__((noinline)) void sleeper_leaf(void) {
+    struct timespec ts = {0, 20 * 1000 * 1000};
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = 0;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_clock_nanosleep), "D"((long)CLOCK_MONOTONIC),
+                       "S"(0L), "d"(&ts), "r"(r10)
+                     : "rcx", "r11", "memory");
+    (void)ret;
+#else
+    clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, 0);
+#endif
+}
+__attribute__((noinline)) void sleeper_caller(void) {
+    for (;;) {
+        sleeper_leaf();
+        sleeps++;
+    }
+}
+int main(void) {
+    sleeper_caller();
+    return 0;
+}
+"#;

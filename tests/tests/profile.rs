@@ -1,4 +1,5 @@
-//! CPU profiles of programs whose stacks are known, in every format.
+//! CPU and off-CPU profiles of programs whose stacks are known, in every
+//! format.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,7 @@ use hostscope_tests::{
     cgroups::Cgroup,
     daemon::Daemon,
     hostscope_bin,
-    programs::{HOT_LOOP, Running, SYSCALL_LOOP},
+    programs::{HOT_LOOP, Running, SLEEPER, SYSCALL_LOOP},
     schedstat,
 };
 
@@ -196,6 +197,22 @@ fn bad_parameters_are_refused() {
         ("seconds=1&pid=999999999", "no process with pid 999999999"),
         ("seconds=1&pid=self", "process id"),
         ("seconds=1&frequency=0", "positive"),
+        (
+            "seconds=1&kind=wall",
+            "kind must be `cpu` or `offcpu`, not `wall`",
+        ),
+        ("seconds=1&kind=", "kind must be `cpu` or `offcpu`"),
+        ("seconds=1&kind=offcpu&min_block_us=0", "from 1 to 10000000"),
+        (
+            "seconds=1&kind=offcpu&min_block_us=10000001",
+            "from 1 to 10000000",
+        ),
+        (
+            "seconds=1&kind=offcpu&min_block_us=1ms",
+            "whole number of microseconds",
+        ),
+        ("seconds=1&min_block_us=100", "only to kind=offcpu"),
+        ("seconds=1&kind=offcpu&frequency=99", "only to kind=cpu"),
     ] {
         for path in ["/stacks", "/flamegraph.svg", "/debug/pprof/profile"] {
             let (status, body) = daemon.get(&format!("{path}?{query}"));
@@ -204,12 +221,28 @@ fn bad_parameters_are_refused() {
             assert_eq!(body.trim().lines().count(), 1, "{path}?{query}: {body}");
         }
     }
-    let output = Command::new(hostscope_bin())
-        .args(["profile", "--seconds", "0"])
-        .output()
-        .expect("run hostscope profile");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 1"));
+    for (args, says) in [
+        (&["--seconds", "0"][..], "at least 1"),
+        (
+            &["--kind", "wall"],
+            "kind must be `cpu` or `offcpu`, not `wall`",
+        ),
+        (
+            &["--kind", "offcpu", "--min-block-us", "0"],
+            "from 1 to 10000000",
+        ),
+        (&["--min-block-us", "5"], "only to kind=offcpu"),
+    ] {
+        let output = Command::new(hostscope_bin())
+            .arg("profile")
+            .args(args)
+            .output()
+            .expect("run hostscope profile");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
 }
 
 /// `hostscope profile` works without a daemon and writes folded stacks.
@@ -706,4 +739,219 @@ fn stripped_go_binary_is_named_from_its_pclntab() {
         named * 10 >= total * 9,
         "{named} of {total} samples name main.hotGoSpin:\n{body}"
     );
+}
+/// The off-CPU stacks of `text` (folded, weights in microseconds); an empty
+/// profile is one empty line.
+fn parse_offcpu(text: &str) -> Vec<(Vec<String>, u64)> {
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    parse_folded(text)
+}
+
+/// Whether `frames` run main -> sleeper_caller -> sleeper_leaf.
+fn in_sleeper_leaf(frames: &[String]) -> bool {
+    frames
+        .windows(3)
+        .any(|w| w == ["main", "sleeper_caller", "sleeper_leaf"])
+}
+
+/// A program that sleeps 20 ms at a time in `sleeper_leaf`: a 2 s off-CPU
+/// profile of it puts at least 90% of its blocked time under that function
+/// and its callers, and that time adds up to the window, within 10%: the
+/// thread is off CPU all the time but for a few microseconds per loop, and
+/// only the sleeps cut by the window's two ends (20 ms each at most) are
+/// not counted. The kernel frames end at the scheduler, without the
+/// tracepoint's own. With `min_block_us` above 20 ms, nothing is left.
+#[test]
+fn offcpu_time_is_under_the_blocking_function() {
+    let daemon = Daemon::start("sched");
+    let sleeper = Running::build_and_start("sleeper", SLEEPER);
+    let window_s = 2.0;
+    let (status, body) = daemon.get(&format!(
+        "/stacks?kind=offcpu&seconds=2&pid={}",
+        sleeper.pid
+    ));
+    assert_eq!(status, 200, "{body}");
+    let stacks = parse_offcpu(&body);
+    let total_us: u64 = stacks.iter().map(|(_, us)| us).sum();
+    let under_leaf: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| in_sleeper_leaf(frames))
+        .map(|(_, us)| us)
+        .sum();
+    println!(
+        "off CPU: {:.3} s of a {window_s} s window, {:.1}% under main;sleeper_caller;sleeper_leaf\n{body}",
+        total_us as f64 / 1e6,
+        100.0 * under_leaf as f64 / total_us.max(1) as f64
+    );
+    assert!(
+        stacks.iter().all(|(f, _)| f[0] == sleeper.name),
+        "pid filter leaked:\n{body}"
+    );
+    assert!(under_leaf as f64 >= 0.9 * total_us as f64, "{body}");
+    hostscope_tests::assert_close("off-CPU seconds", total_us as f64 / 1e6, window_s, 0.1);
+    for (frames, _) in &stacks {
+        let leaf = frames.last().map_or("", String::as_str);
+        assert!(
+            !leaf.starts_with("bpf_trace_run") && !leaf.starts_with("__traceiter"),
+            "tracepoint frames left: {frames:?}"
+        );
+    }
+
+    let (status, body) = daemon.get(&format!(
+        "/stacks?kind=offcpu&seconds=1&min_block_us=50000&pid={}",
+        sleeper.pid
+    ));
+    assert_eq!(status, 200, "{body}");
+    let stacks = parse_offcpu(&body);
+    assert!(
+        stacks.iter().all(|(frames, _)| !in_sleeper_leaf(frames)),
+        "20 ms sleeps counted with min_block_us=50000:\n{body}"
+    );
+}
+
+/// Links of the off-CPU program in the kernel.
+fn offcpu_links() -> usize {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = Command::new("bpftool")
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&output.stdout).expect("bpftool JSON")
+    };
+    let programs = json(&["prog", "show"]);
+    let ids: Vec<u64> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "offcpu_switch")
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links = json(&["link", "show"]);
+    links.as_array().map_or(0, |l| {
+        l.iter()
+            .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+            .count()
+    })
+}
+
+/// The off-CPU program is attached only while an off-CPU capture runs, and
+/// a CPU profile taken after one counts samples again, not nanoseconds.
+#[test]
+fn offcpu_program_is_attached_only_during_a_capture() {
+    let daemon = Daemon::start("sched");
+    let sleeper = Running::build_and_start("sleeper", SLEEPER);
+    assert_eq!(offcpu_links(), 0, "attached before any capture");
+    let (status, body, during) = std::thread::scope(|scope| {
+        let capture = scope.spawn(|| {
+            daemon.get(&format!(
+                "/stacks?kind=offcpu&seconds=2&pid={}",
+                sleeper.pid
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let during = offcpu_links();
+        let (status, body) = capture.join().expect("the capture thread");
+        (status, body, during)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(during, 1, "links during the capture");
+    assert_eq!(offcpu_links(), 0, "still attached after the capture");
+
+    let (status, body) = daemon.get(&format!("/stacks?seconds=1&pid={}", sleeper.pid));
+    assert_eq!(status, 200, "{body}");
+    let samples: u64 = parse_offcpu(&body).iter().map(|(_, c)| c).sum();
+    // One second at 99 Hz is at most 99 samples per CPU; the sleeper is
+    // hardly ever on one.
+    assert!(samples < 100, "{samples} samples in 1 s:\n{body}");
+}
+
+/// An off-CPU pprof is accepted by `go tool pprof -top`, which reads its
+/// sample type as `offcpu` and names the blocking function; the off-CPU
+/// SVG is well-formed and names it too.
+#[test]
+fn offcpu_pprof_and_svg_name_the_blocking_function() {
+    let daemon = Daemon::start("sched");
+    let sleeper = Running::build_and_start("sleeper", SLEEPER);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!(
+            "http://{}/debug/pprof/profile?kind=offcpu&seconds=2&pid={}",
+            daemon.addr, sleeper.pid
+        ))
+        .call()
+        .expect("GET pprof");
+    assert_eq!(response.status().as_u16(), 200);
+    let pprof = response.body_mut().read_to_vec().expect("pprof body");
+    let file =
+        std::env::temp_dir().join(format!("hostscope-test-{}-off.pb.gz", std::process::id()));
+    std::fs::write(&file, &pprof).expect("write the profile");
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&file)
+        .output()
+        .expect("go (golang-go) is installed by `cargo xtask setup`");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    println!("{text}");
+    assert!(text.contains("Type: offcpu"), "{text}");
+    assert!(text.contains("sleeper_leaf"), "{text}");
+
+    let (status, svg) = daemon.get(&format!(
+        "/flamegraph.svg?kind=offcpu&seconds=1&pid={}",
+        sleeper.pid
+    ));
+    assert_eq!(status, 200);
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let document =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
+    let texts: Vec<&str> = document.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("off-CPU profile")),
+        "the SVG's title does not say off-CPU"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("sleeper_leaf")),
+        "the SVG does not name sleeper_leaf"
+    );
+}
+
+/// `hostscope profile --kind offcpu` works without a daemon.
+#[test]
+fn terminal_offcpu_profile_writes_folded_stacks() {
+    let sleeper = Running::build_and_start("sleeper", SLEEPER);
+    let output = Command::new(hostscope_bin())
+        .args(["profile", "--kind", "offcpu", "--seconds", "2"])
+        .args(["--min-block-us", "500", "--format", "folded", "--pid"])
+        .arg(sleeper.pid.to_string())
+        .output()
+        .expect("run hostscope profile");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stacks = parse_offcpu(&text);
+    let under_leaf: u64 = stacks
+        .iter()
+        .filter(|(frames, _)| in_sleeper_leaf(frames))
+        .map(|(_, us)| us)
+        .sum();
+    println!("{under_leaf} us under sleeper_leaf");
+    // Most of 2 s, however busy the machine.
+    assert!(under_leaf >= 1_000_000, "{text}");
 }

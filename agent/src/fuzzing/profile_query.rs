@@ -10,7 +10,7 @@ use clap::Parser as _;
 use super::{Violation, one_line};
 use crate::{
     cli::{self, Cli, Command},
-    profile::{Limits, Params, ProfileError, Request, cgroups},
+    profile::{Kind, Limits, MIN_BLOCK_US, Params, ProfileError, Request, cgroups},
     profile_cmd,
 };
 
@@ -26,10 +26,11 @@ const DAEMON_LIMITS: Limits = Limits {
 };
 
 /// `data` is what a client puts after `?`. It is decoded as the endpoints
-/// decode it (hyper's URI parser, then axum's `Query`); besides `seconds`,
-/// `pid`, `frequency`, `cgroup` and `group_by`, the keys `max_seconds`, `max_frequency`,
-/// `interval` and `count` go to the command-line flags of those names, so
-/// that one input reaches every parser. Promises: no panic; a request is
+/// decode it (hyper's URI parser, then axum's `Query`); besides `kind`,
+/// `min_block_us`, `seconds`, `pid`, `frequency`, `cgroup` and `group_by`,
+/// the keys `max_seconds`, `max_frequency`, `interval` and `count` go to
+/// the command-line flags of those names, so that one input reaches every
+/// parser. Promises: no panic; a request is
 /// within its limits or refused with one short line; a flag's value is
 /// accepted or refused, never crashes.
 pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
@@ -47,6 +48,8 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
 
     let daemon_limits = serve_limits(param("max_seconds"), param("max_frequency"))?;
     let params = Params {
+        kind: param("kind"),
+        min_block_us: param("min_block_us"),
         seconds: param("seconds"),
         pid: param("pid"),
         frequency: param("frequency"),
@@ -66,6 +69,8 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
     // `hostscope profile` hands its flags to the same checks, through clap.
     let mut args = vec!["hostscope", "profile"];
     for (flag, key) in [
+        ("--kind", "kind"),
+        ("--min-block-us", "min_block_us"),
         ("--seconds", "seconds"),
         ("--pid", "pid"),
         ("--frequency", "frequency"),
@@ -179,15 +184,22 @@ fn within_limits(limits: &Limits, result: Result<Request, ProfileError>) -> Resu
     match result {
         Ok(request) => {
             let Request {
+                kind,
                 seconds,
                 pid,
                 frequency,
                 ref cgroup,
                 group_by: _,
             } = request;
+            let kind_ok = match kind {
+                Kind::Cpu => (1..=limits.max_frequency).contains(&frequency),
+                Kind::OffCpu { min_block_us } => {
+                    frequency == 0 && MIN_BLOCK_US.contains(&min_block_us.get())
+                }
+            };
             // Every root the checks are given lacks every cgroup.
             if !(1..=limits.max_seconds).contains(&seconds)
-                || !(1..=limits.max_frequency).contains(&frequency)
+                || !kind_ok
                 || pid == Some(0)
                 || cgroup.is_some()
             {
@@ -199,8 +211,10 @@ fn within_limits(limits: &Limits, result: Result<Request, ProfileError>) -> Resu
         }
         Err(ProfileError::BadRequest(reason)) => one_line("a refusal", &reason),
         Err(
-            err
-            @ (ProfileError::Failed(_) | ProfileError::Busy { .. } | ProfileError::ShuttingDown),
+            err @ (ProfileError::Failed(_)
+            | ProfileError::Unavailable(_)
+            | ProfileError::Busy { .. }
+            | ProfileError::ShuttingDown),
         ) => Err(Violation::Broken(format!(
             "checking parameters failed instead of refusing them: {err}"
         ))),
@@ -237,6 +251,13 @@ pub(super) fn seeds() -> Vec<Vec<u8>> {
         "cgroup=/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_4a7b_8c9d_0e1f2a3b4c5d.slice/cri-containerd-7f3c9a1b2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope",
         "cgroup=/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d",
         "group_by=cgroup&group_by=pid",
+        "kind=offcpu&seconds=2&pid=1",
+        "kind=offcpu&min_block_us=1",
+        "kind=offcpu&min_block_us=10000001&frequency=99",
+        "kind=cpu&min_block_us=5",
+        "kind=OFFCPU&min_block_us=%2B1e3",
+        "kind=&min_block_us=-1",
+        "kind=offcpu&kind=cpu&min_block_us=99999999999999999999999",
     ]
     .into_iter()
     .map(|query| query.as_bytes().to_vec())

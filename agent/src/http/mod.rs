@@ -38,7 +38,9 @@ const INDEX: &str = "hostscope\n\n\
     /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n\
     \n\
     Profiles also take frequency=HZ, cgroup=/PATH (that cgroup v2 and below)\n\
-    and group_by=cgroup (the cgroup path as the root frame).\n";
+    and group_by=cgroup (the cgroup path as the root frame).\n\
+    kind=offcpu: where threads block instead, weighted by time blocked\n\
+    (folded and SVG in microseconds), min_block_us=N (default 1000).\n";
 
 /// Serves at most `max_connections` at once until `shutdown` is cancelled,
 /// then gives in-flight requests a moment to finish.
@@ -128,6 +130,8 @@ async fn respond(
     };
     let param = |name: &str| params.get(name).map(String::as_str);
     let result = match profiler.limits.request(&profile::Params {
+        kind: param("kind"),
+        min_block_us: param("min_block_us"),
         seconds: param("seconds"),
         pid: param("pid"),
         frequency: param("frequency"),
@@ -139,6 +143,7 @@ async fn respond(
     };
     match result.and_then(|profile| {
         tracing::info!(
+            kind = profile.request.kind.name(),
             stacks = profile.stacks.len(),
             dropped = profile.dropped,
             "profile symbolized in {:.1} ms",
@@ -172,7 +177,7 @@ async fn respond(
             format!("{err}\n"),
         )
             .into_response(),
-        Err(err @ ProfileError::ShuttingDown) => {
+        Err(err @ (ProfileError::ShuttingDown | ProfileError::Unavailable(_))) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response()
         }
         Err(err) => {

@@ -1,6 +1,7 @@
 //! Taking a profile: reset the maps, attach the sampler to every online
-//! CPU, wait, detach, read. One capture at a time; a few later requests
-//! wait (see `admission.rs`), and shutdown ends them all.
+//! CPU (or, for an off-CPU profile, the `sched_switch` program), wait,
+//! detach, read. One capture at a time; a few later requests wait (see
+//! `admission.rs`), and shutdown ends them all.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,14 +9,18 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{perf_event::PerfEventLinkId, tp_btf::BtfTracePointLinkId},
+};
 use hostscope_common::profile::{
-    PROFILE_COMMS_MAP, PROFILE_COUNTS_MAP, PROFILE_DROPPED_MAP, PROFILE_FILTER_MAP,
-    PROFILE_PROGRAM, PROFILE_STACKS_MAP, ProfileFilter, SampleKey,
+    OFFCPU_CONFIG_MAP, OFFCPU_PROGRAM, OFFCPU_TRACEPOINT, OffCpuConfig, PROFILE_COMMS_MAP,
+    PROFILE_COUNTS_MAP, PROFILE_DROPPED_MAP, PROFILE_FILTER_MAP, PROFILE_PROGRAM,
+    PROFILE_STACKS_MAP, ProfileFilter, SampleKey,
 };
 
 use super::{
-    Limits, Profile, ProfileError, Request,
+    Kind, Limits, Profile, ProfileError, Request, Stack,
     admission::{Admission, DEFAULT_MAX_QUEUE},
     symbolize,
 };
@@ -24,7 +29,8 @@ use crate::{probes::Probes, sandbox::Sandbox};
 /// What the kernel counted, before symbolization.
 #[derive(Debug, Default)]
 pub struct Raw {
-    /// Sample counts per (cgroup, process, user stack, kernel stack).
+    /// Samples (off CPU: nanoseconds blocked) per (cgroup, process, user
+    /// stack, kernel stack).
     pub counts: Vec<(SampleKey, u64)>,
     /// Instruction pointers of each stack, leaf first.
     pub stacks: HashMap<u32, Vec<u64>>,
@@ -40,9 +46,12 @@ struct Maps {
     comms: BpfHashMap<MapData, u32, [u8; 16]>,
     filter: Array<MapData, ProfileFilter>,
     dropped: PerCpuArray<MapData, u64>,
+    /// The off-CPU program's settings, or why that program did not load.
+    offcpu: Result<Array<MapData, OffCpuConfig>, String>,
 }
 
-/// Takes CPU profiles with the `profile_sample` program.
+/// Takes CPU profiles with the `profile_sample` program and off-CPU
+/// profiles with `offcpu_switch`.
 pub struct Profiler {
     probes: Arc<Mutex<Probes>>,
     maps: Mutex<Maps>,
@@ -69,19 +78,32 @@ fn failed(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ProfileError + '_ {
 }
 
 impl Profiler {
-    /// Loads the sampler (not attached) and takes its maps.
+    /// Loads the sampler and the off-CPU program (neither attached) and
+    /// takes their maps. The off-CPU program is a BTF tracepoint, so this
+    /// must run before [`Probes::release_btf`]. If it cannot load (an old
+    /// kernel, a verifier that refuses it), CPU profiles still work: the
+    /// reason is logged once and given to each off-CPU request.
     pub fn new(probes: Arc<Mutex<Probes>>, limits: Limits) -> Result<Self, ProfileError> {
         let maps = {
             let mut p = probes.lock().unwrap_or_else(PoisonError::into_inner);
             p.load_perf_event(PROFILE_PROGRAM)
                 .map_err(|e| failed("loading the sampler")(&e))?;
             let take = |e: crate::probes::AttachError| failed("taking the profile maps")(&e);
+            let offcpu = p
+                .load_btf_tracepoint(OFFCPU_PROGRAM, OFFCPU_TRACEPOINT)
+                .and_then(|()| p.take_map(OFFCPU_CONFIG_MAP))
+                .map_err(|err| {
+                    let why = format!("off-CPU profiles are unavailable: {err}");
+                    tracing::warn!("{why}");
+                    why
+                });
             Maps {
                 stacks: p.take_map(PROFILE_STACKS_MAP).map_err(take)?,
                 counts: p.take_map(PROFILE_COUNTS_MAP).map_err(take)?,
                 comms: p.take_map(PROFILE_COMMS_MAP).map_err(take)?,
                 filter: p.take_map(PROFILE_FILTER_MAP).map_err(take)?,
                 dropped: p.take_map(PROFILE_DROPPED_MAP).map_err(take)?,
+                offcpu,
             }
         };
         Ok(Self {
@@ -108,20 +130,34 @@ impl Profiler {
         self.admission.shut_down();
     }
 
+    /// Why off-CPU profiles cannot be taken here, if they cannot.
+    pub fn offcpu_unavailable(&self) -> Option<String> {
+        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        maps.offcpu.as_ref().err().cloned()
+    }
+
     /// Samples for `request.seconds`, then symbolizes. Dropping the future
     /// (a client that went away) detaches the sampler at once, as does
     /// [`Profiler::shut_down`].
     pub async fn capture(&self, request: Request) -> Result<Profile, ProfileError> {
+        if matches!(request.kind, Kind::OffCpu { .. })
+            && let Some(why) = self.offcpu_unavailable()
+        {
+            return Err(ProfileError::Unavailable(why));
+        }
         let _place = self.admission.admit()?;
         let _turn = self.admission.unless_shutdown(self.turn.lock()).await?;
-        self.reset(ProfileFilter {
-            cgroup: request.cgroup.as_ref().map_or(0, |c| c.id),
-            tgid: request.pid.unwrap_or(0),
-            reserved: 0,
-        })?;
+        self.reset(
+            ProfileFilter {
+                cgroup: request.cgroup.as_ref().map_or(0, |c| c.id),
+                tgid: request.pid.unwrap_or(0),
+                reserved: 0,
+            },
+            request.kind,
+        )?;
         let symbolizer = symbolize::Worker::start(self.sandbox.clone(), request.cgroup.clone());
         {
-            let _sampling = Sampling::start(&self.probes, request.frequency)?;
+            let _sampling = Sampling::start(&self.probes, &request)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);
             let _estimate = self.admission.sampling(deadline.into_std());
             let mut seen = HashSet::new();
@@ -143,10 +179,14 @@ impl Profiler {
         }
         let raw = self.read()?;
         let symbolized = symbolizer.symbolize(raw, request);
-        self.admission.unless_shutdown(symbolized).await?
+        let mut profile = self.admission.unless_shutdown(symbolized).await??;
+        if matches!(profile.request.kind, Kind::OffCpu { .. }) {
+            profile.stacks = without_tracepoint_frames(std::mem::take(&mut profile.stacks));
+        }
+        Ok(profile)
     }
 
-    fn reset(&self, filter: ProfileFilter) -> Result<(), ProfileError> {
+    fn reset(&self, filter: ProfileFilter, kind: Kind) -> Result<(), ProfileError> {
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         let keys: Vec<SampleKey> = maps.counts.keys().filter_map(Result::ok).collect();
         for key in keys {
@@ -167,7 +207,21 @@ impl Profiler {
             .map_err(|e| failed("resetting the dropped counter")(&e))?;
         maps.filter
             .set(0, filter, 0)
-            .map_err(|e| failed("setting the pid and cgroup filter")(&e))
+            .map_err(|e| failed("setting the pid and cgroup filter")(&e))?;
+        if let Kind::OffCpu { min_block_us } = kind {
+            let config = OffCpuConfig {
+                // Blocks that began before now were seen, if at all, by an
+                // earlier capture, whose stack ids were just cleared.
+                since_ns: monotonic_ns()?,
+                min_block_ns: u64::from(min_block_us.get()) * 1_000,
+            };
+            maps.offcpu
+                .as_mut()
+                .map_err(|why| ProfileError::Unavailable(why.clone()))?
+                .set(0, config, 0)
+                .map_err(|e| failed("setting the off-CPU threshold")(&e))?;
+        }
+        Ok(())
     }
 
     fn sampled_processes(&self) -> Vec<u32> {
@@ -210,18 +264,92 @@ impl Profiler {
     }
 }
 
+/// Kernel functions that run between `__schedule` and the off-CPU program:
+/// the tracepoint's iterator (5.10+), its BPF shim, and the BPF runner.
+const TRACEPOINT_FRAMES: [&str; 3] = [
+    "__traceiter_sched_switch",
+    "__bpf_trace_sched_switch",
+    "bpf_trace_run",
+];
+
+/// Off-CPU kernel stacks are taken inside the tracepoint, so each ends in
+/// the tracepoint's machinery and the program itself: the same few frames
+/// atop every tower of the flame graph, saying nothing about why the thread
+/// blocked. They are cut from the first such frame on (the leaf is then
+/// `__schedule`); stacks that become equal are merged. Without kernel
+/// symbols (`[kernel]` frames) nothing is recognised and nothing is cut.
+fn without_tracepoint_frames(stacks: Vec<Stack>) -> Vec<Stack> {
+    let mut merged: HashMap<(u32, String, Vec<String>), Stack> = HashMap::new();
+    for mut stack in stacks {
+        let machinery = stack.frames.iter().position(|frame| {
+            frame.ends_with("_[k]") && TRACEPOINT_FRAMES.iter().any(|f| frame.starts_with(f))
+        });
+        if let Some(first) = machinery {
+            stack.frames.truncate(first);
+            stack.addresses.truncate(first);
+        }
+        merged
+            .entry((stack.pid, stack.cgroup.clone(), stack.frames.clone()))
+            .and_modify(|s| s.count += stack.count)
+            .or_insert(stack);
+    }
+    merged.into_values().collect()
+}
+
 fn maps_cpus() -> usize {
     aya::util::nr_cpus().unwrap_or(1)
 }
 
-/// The sampler attached to every online CPU; detached on drop.
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> Result<u64, ProfileError> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return Err(failed("reading the monotonic clock")(
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
+/// What a capture attached.
+enum Links {
+    /// The sampler, once per online CPU.
+    Sampler(Vec<PerfEventLinkId>),
+    /// The off-CPU program on `sched_switch` (None once detached).
+    OffCpu(Option<BtfTracePointLinkId>),
+}
+
+/// The capture's program, attached; detached on drop.
 struct Sampling<'p> {
     probes: &'p Mutex<Probes>,
-    links: Vec<aya::programs::perf_event::PerfEventLinkId>,
+    links: Links,
 }
 
 impl<'p> Sampling<'p> {
-    fn start(probes: &'p Mutex<Probes>, frequency: u64) -> Result<Self, ProfileError> {
+    fn start(probes: &'p Mutex<Probes>, request: &Request) -> Result<Self, ProfileError> {
+        let links = match request.kind {
+            Kind::Cpu => Links::Sampler(Self::attach_sampler(probes, request.frequency)?),
+            Kind::OffCpu { .. } => {
+                let mut p = probes.lock().unwrap_or_else(PoisonError::into_inner);
+                let link = p
+                    .attach_loaded_btf_tracepoint(OFFCPU_PROGRAM, OFFCPU_TRACEPOINT)
+                    .map_err(|err| failed("attaching the off-CPU program")(&err))?;
+                Links::OffCpu(Some(link))
+            }
+        };
+        Ok(Sampling { probes, links })
+    }
+
+    fn attach_sampler(
+        probes: &Mutex<Probes>,
+        frequency: u64,
+    ) -> Result<Vec<PerfEventLinkId>, ProfileError> {
         let cpus = aya::util::online_cpus()
             .map_err(|(what, err)| ProfileError::Failed(format!("{what}: {err}")))?;
         let mut p = probes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -237,16 +365,75 @@ impl<'p> Sampling<'p> {
                 }
             }
         }
-        drop(p);
-        Ok(Sampling { probes, links })
+        Ok(links)
     }
 }
 
 impl Drop for Sampling<'_> {
     fn drop(&mut self) {
         let mut p = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
-        for link in self.links.drain(..) {
-            p.detach_perf_event(PROFILE_PROGRAM, link);
+        match &mut self.links {
+            Links::Sampler(links) => {
+                for link in links.drain(..) {
+                    p.detach_perf_event(PROFILE_PROGRAM, link);
+                }
+            }
+            Links::OffCpu(link) => {
+                if let Some(link) = link.take() {
+                    p.detach_btf_tracepoint(OFFCPU_PROGRAM, link);
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracepoint_frames_are_cut_and_stacks_merged() {
+        let stack = |frames: &[&str], count| Stack {
+            cgroup: "/".to_owned(),
+            comm: "sleeper".to_owned(),
+            pid: 7,
+            frames: frames.iter().map(|f| (*f).to_owned()).collect(),
+            addresses: vec![None; frames.len()],
+            count,
+        };
+        let mut stacks = without_tracepoint_frames(vec![
+            stack(
+                &[
+                    "main",
+                    "schedule_[k]",
+                    "__schedule_[k]",
+                    "__traceiter_sched_switch_[k]",
+                    "bpf_trace_run4_[k]",
+                    "[kernel]_[k]",
+                ],
+                1_000,
+            ),
+            stack(
+                &[
+                    "main",
+                    "schedule_[k]",
+                    "__schedule_[k]",
+                    "__bpf_trace_sched_switch_[k]",
+                    "bpf_trace_run4_[k]",
+                ],
+                500,
+            ),
+            // A user function of that name is not the kernel's.
+            stack(&["bpf_trace_run4", "[kernel]_[k]"], 3),
+        ]);
+        stacks.sort_by_key(|s| s.count);
+        let frames: Vec<(&[String], u64)> = stacks
+            .iter()
+            .map(|s| (s.frames.as_slice(), s.count))
+            .collect();
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0].0, ["bpf_trace_run4", "[kernel]_[k]"]);
+        assert_eq!(frames[1].0, ["main", "schedule_[k]", "__schedule_[k]"]);
+        assert_eq!(frames[1].1, 1_500);
     }
 }

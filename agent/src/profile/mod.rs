@@ -1,5 +1,6 @@
-//! On-demand CPU profiles: sample stacks in the kernel for N seconds, then
-//! symbolize them and render folded stacks, an SVG flame graph or pprof.
+//! On-demand profiles: for N seconds, count stacks in the kernel (CPU
+//! samples, or the time threads spend blocked off CPU), then symbolize them
+//! and render folded stacks, an SVG flame graph or pprof.
 
 mod admission;
 mod capture;
@@ -15,7 +16,10 @@ pub use capture::Profiler;
 pub use cgroups::CgroupFilter;
 pub use render::{folded, pprof_gzip, svg};
 
-use std::{num::IntErrorKind, path::PathBuf};
+use std::{
+    num::{IntErrorKind, NonZeroU32},
+    path::PathBuf,
+};
 
 use crate::quote::quoted;
 
@@ -34,11 +38,14 @@ pub fn printable(name: &str) -> String {
 /// One capture's parameters, already checked against the limits.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// What is counted.
+    pub kind: Kind,
     /// How long to sample.
     pub seconds: u64,
     /// Only this process (thread group), if set.
     pub pid: Option<u32>,
-    /// Samples per second per CPU.
+    /// Samples per second per CPU (CPU profiles; 0 for off-CPU ones, which
+    /// measure every block rather than sample).
     pub frequency: u64,
     /// Only tasks in this cgroup or below it, if set.
     pub cgroup: Option<CgroupFilter>,
@@ -50,6 +57,10 @@ pub struct Request {
 /// line), unchecked; `None` means "not given".
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Params<'a> {
+    /// `kind`: `cpu` or `offcpu`.
+    pub kind: Option<&'a str>,
+    /// `min_block_us`: the shortest block an off-CPU profile counts.
+    pub min_block_us: Option<&'a str>,
     /// `seconds`: how long to sample.
     pub seconds: Option<&'a str>,
     /// `pid`: only this process.
@@ -60,6 +71,89 @@ pub struct Params<'a> {
     pub cgroup: Option<&'a str>,
     /// `group_by`: `cgroup`, or not given.
     pub group_by: Option<&'a str>,
+}
+
+/// What a profile weighs stacks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// CPU time: stacks sampled on CPU, counted in samples.
+    Cpu,
+    /// Off-CPU time: the stacks threads blocked in (asleep, waiting for I/O
+    /// or a lock; not runnable), weighted by how long they stayed blocked,
+    /// blocks shorter than `min_block_us` left out.
+    OffCpu {
+        /// The shortest block counted, in microseconds. Never 0, which
+        /// keeps [`Kind`] (and so [`Request`]) as small as a `u32`.
+        min_block_us: NonZeroU32,
+    },
+}
+
+/// The values `kind` accepts, for its error message.
+const KIND_VALUES: &str = "`cpu` or `offcpu`";
+
+/// Default `min_block_us`: 1 ms, above the blocks of ordinary lock and
+/// pipe hand-offs that would otherwise dominate the count of events, and
+/// short enough to keep every sleep, disk read and network wait.
+pub const DEFAULT_MIN_BLOCK_US: NonZeroU32 = match NonZeroU32::new(1_000) {
+    Some(us) => us,
+    None => NonZeroU32::MIN,
+};
+/// `min_block_us` from 1 µs to 10 s.
+pub const MIN_BLOCK_US: std::ops::RangeInclusive<u32> = 1..=10_000_000;
+
+impl Kind {
+    /// Checks `kind` and the parameters that belong to one kind only:
+    /// `min_block_us` (off-CPU) and `frequency` (CPU).
+    fn parse(
+        kind: Option<&str>,
+        min_block_us: Option<&str>,
+        frequency: Option<&str>,
+    ) -> Result<Self, ProfileError> {
+        let bad = |m: String| ProfileError::BadRequest(m);
+        match kind {
+            None | Some("cpu") => match min_block_us {
+                Some(_) => Err(bad("min_block_us applies only to kind=offcpu".into())),
+                // The caller fills in the frequency.
+                None => Ok(Self::Cpu),
+            },
+            Some("offcpu") => {
+                if frequency.is_some() {
+                    return Err(bad("frequency applies only to kind=cpu: off-CPU \
+                         profiles measure every block rather than sample"
+                        .into()));
+                }
+                let min_block_us = match min_block_us {
+                    None => DEFAULT_MIN_BLOCK_US,
+                    Some(text) => whole_number(text)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .filter(|v| MIN_BLOCK_US.contains(v))
+                        .and_then(NonZeroU32::new)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "min_block_us must be a whole number of microseconds \
+                                 from {} to {}, not {}",
+                                MIN_BLOCK_US.start(),
+                                MIN_BLOCK_US.end(),
+                                quoted(text)
+                            ))
+                        })?,
+                };
+                Ok(Self::OffCpu { min_block_us })
+            }
+            Some(other) => Err(bad(format!(
+                "kind must be {KIND_VALUES}, not {}",
+                quoted(other)
+            ))),
+        }
+    }
+
+    /// `cpu` or `offcpu`, as the parameter spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::OffCpu { .. } => "offcpu",
+        }
+    }
 }
 
 /// The root frame of each folded stack and flame-graph tower.
@@ -111,6 +205,10 @@ pub enum ProfileError {
     /// The sampler could not be set up or read.
     #[error("profiling failed: {0}")]
     Failed(String),
+    /// This kind of profile cannot be taken on this host (its program did
+    /// not load); the reason is logged at start-up too.
+    #[error("{0}")]
+    Unavailable(String),
     /// A capture is running and the queue behind it is full.
     #[error(
         "a profile is being taken and {waiting} more requests are waiting \
@@ -143,6 +241,8 @@ impl Limits {
         cgroup2_root: impl FnOnce() -> Option<PathBuf>,
     ) -> Result<Request, ProfileError> {
         let Params {
+            kind,
+            min_block_us,
             seconds,
             pid,
             frequency,
@@ -152,10 +252,11 @@ impl Limits {
         let bad = |m: String| ProfileError::BadRequest(m);
         // A limit of 0 allows nothing: not even the defaults fit under it.
         if self.max_seconds == 0 || self.max_frequency == 0 {
-            return Err(bad("CPU profiles are turned off here \
+            return Err(bad("profiles are turned off here \
                  (--profile-max-seconds or --profile-max-frequency is 0)"
                 .into()));
         }
+        let kind = Kind::parse(kind, min_block_us, frequency)?;
         let seconds = match seconds {
             None => DEFAULT_SECONDS.min(self.max_seconds),
             Some(text) => {
@@ -199,6 +300,7 @@ impl Limits {
             }
         };
         let frequency = match frequency {
+            None if kind != Kind::Cpu => 0,
             None => DEFAULT_FREQUENCY.min(self.max_frequency),
             Some(text) => {
                 let value = whole_number(text).filter(|f| *f > 0).ok_or_else(|| {
@@ -232,6 +334,7 @@ impl Limits {
             None => None,
         };
         Ok(Request {
+            kind,
             seconds,
             pid,
             frequency,
@@ -274,7 +377,7 @@ pub struct Stack {
     /// shown) and frames outside any file. Of stacks merged because their
     /// names are equal, the first one's.
     pub addresses: Vec<Option<(usize, u64)>>,
-    /// Samples.
+    /// Samples ([`Kind::Cpu`]) or nanoseconds blocked ([`Kind::OffCpu`]).
     pub count: u64,
 }
 
@@ -303,7 +406,7 @@ pub struct Profile {
     pub mappings: Vec<Mapping>,
     /// The request it answers.
     pub request: Request,
-    /// Samples lost to full maps or stack-map collisions.
+    /// Samples (off CPU: blocks) lost to full maps or stack-map collisions.
     pub dropped: u64,
     /// How long symbolization took.
     pub symbolize_time: std::time::Duration,
@@ -389,6 +492,7 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let r = LIMITS.request(&Params::default()).unwrap();
+        assert_eq!(r.kind, Kind::Cpu);
         assert_eq!((r.seconds, r.pid, r.frequency), (10, None, 99));
         assert_eq!((r.cgroup, r.group_by), (None, GroupBy::Process));
         let r = LIMITS
@@ -400,6 +504,92 @@ mod tests {
             })
             .unwrap();
         assert_eq!((r.seconds, r.pid, r.frequency), (3, Some(1), 49));
+    }
+
+    #[test]
+    fn kind_and_min_block_us_are_checked() {
+        let request = |kind, min_block_us, frequency| {
+            LIMITS.request(&Params {
+                kind,
+                min_block_us,
+                frequency,
+                ..Params::default()
+            })
+        };
+        let r = request(Some("offcpu"), None, None).unwrap();
+        let us = |us| NonZeroU32::new(us).unwrap();
+        assert_eq!(
+            r.kind,
+            Kind::OffCpu {
+                min_block_us: us(1000)
+            }
+        );
+        assert_eq!(r.frequency, 0);
+        let r = request(Some("offcpu"), Some(" 10000000 "), None).unwrap();
+        assert_eq!(
+            r.kind,
+            Kind::OffCpu {
+                min_block_us: us(10_000_000)
+            }
+        );
+        let r = request(Some("cpu"), None, Some("49")).unwrap();
+        assert_eq!((r.kind, r.frequency), (Kind::Cpu, 49));
+        for (kind, min_block_us, frequency, says) in [
+            (
+                Some("wall"),
+                None,
+                None,
+                "kind must be `cpu` or `offcpu`, not `wall`",
+            ),
+            (
+                Some(""),
+                None,
+                None,
+                "kind must be `cpu` or `offcpu`, not ``",
+            ),
+            (Some("OFFCPU"), None, None, "not `OFFCPU`"),
+            (
+                Some("offcpu"),
+                Some("0"),
+                None,
+                "from 1 to 10000000, not `0`",
+            ),
+            (Some("offcpu"), Some("-5"), None, "from 1 to 10000000"),
+            (
+                Some("offcpu"),
+                Some("1ms"),
+                None,
+                "whole number of microseconds",
+            ),
+            (Some("offcpu"), Some("10000001"), None, "not `10000001`"),
+            (
+                Some("offcpu"),
+                Some("9".repeat(60).as_str()),
+                None,
+                "from 1 to 10000000",
+            ),
+            (
+                Some("offcpu"),
+                None,
+                Some("99"),
+                "frequency applies only to kind=cpu",
+            ),
+            (
+                None,
+                Some("1000"),
+                None,
+                "min_block_us applies only to kind=offcpu",
+            ),
+            (Some("cpu"), Some("1000"), None, "only to kind=offcpu"),
+        ] {
+            let err = request(kind, min_block_us, frequency).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(says),
+                "{kind:?} {min_block_us:?} {frequency:?}: {message}"
+            );
+            assert!(message.len() < 120 && !message.contains('\n'), "{message}");
+        }
     }
 
     /// A scratch directory standing in for the cgroup2 root, with one cgroup.

@@ -4,7 +4,7 @@ use std::{collections::HashMap, io::Write as _};
 
 use prost::Message as _;
 
-use super::{GroupBy, Profile, ProfileError, pprof};
+use super::{GroupBy, Kind, Profile, ProfileError, Stack, pprof};
 
 /// One pprof location: where (mapping and address, if known) and which name.
 type LocationKey<'a> = (Option<(usize, u64)>, &'a str);
@@ -35,6 +35,7 @@ fn mapping_ids(profile: &Profile) -> Vec<u64> {
 /// Brendan Gregg's folded format: `comm;outer;...;leaf count`, one stack a
 /// line, the process name as root frame and kernel frames ending in `_[k]`.
 /// Grouped by cgroup, the cgroup's path is the root frame, above `comm`.
+/// The count is samples, or for an off-CPU profile microseconds blocked.
 pub fn folded(profile: &Profile) -> String {
     let mut lines: Vec<String> = profile
         .stacks
@@ -49,13 +50,25 @@ pub fn folded(profile: &Profile) -> String {
                 line.push(';');
                 line.push_str(&clean(frame));
             }
-            format!("{line} {}", stack.count)
+            format!("{line} {}", weight(profile.request.kind, stack))
         })
         .collect();
     lines.sort_unstable();
     let mut out = lines.join("\n");
     out.push('\n');
     out
+}
+
+/// A stack's weight in folded stacks and the flame graph: samples, or
+/// microseconds off CPU (flame graph tools take whole numbers, and
+/// nanoseconds would make every tooltip a nine-digit number per second).
+/// Rounded to the nearest, and at least 1: every counted block is at least
+/// `min_block_us` long, and a zero would be an invalid line.
+fn weight(kind: Kind, stack: &Stack) -> u64 {
+    match kind {
+        Kind::Cpu => stack.count,
+        Kind::OffCpu { .. } => (stack.count.saturating_add(500) / 1_000).max(1),
+    }
 }
 
 /// `;` separates frames and the last space precedes the count.
@@ -67,10 +80,26 @@ fn clean(frame: &str) -> String {
 pub fn svg(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     let folded = folded(profile);
     let mut options = inferno::flamegraph::Options::default();
+    let what = match profile.request.kind {
+        Kind::Cpu => format!(
+            "CPU profile: {} s at {} Hz",
+            profile.request.seconds, profile.request.frequency
+        ),
+        Kind::OffCpu { min_block_us } => {
+            // Blue, as off-CPU flame graphs conventionally are; widths are
+            // microseconds blocked.
+            options.colors = inferno::flamegraph::color::Palette::Basic(
+                inferno::flamegraph::color::BasicPalette::Io,
+            );
+            options.count_name = "us".to_owned();
+            format!(
+                "off-CPU profile: {} s, blocks of {min_block_us} us or more",
+                profile.request.seconds
+            )
+        }
+    };
     options.title = format!(
-        "hostscope CPU profile: {} s at {} Hz{}{}",
-        profile.request.seconds,
-        profile.request.frequency,
+        "hostscope {what}{}{}",
         profile
             .request
             .pid
@@ -96,28 +125,18 @@ pub fn svg(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     Ok(svg)
 }
 
-/// A gzipped pprof profile: sample counts and CPU time per stack, with the
+/// A gzipped pprof profile: sample counts and CPU time per stack (off
+/// CPU: nanoseconds blocked, `offcpu/nanoseconds`), with mappings and
+/// addresses for servers to symbolize again, and the
 /// process name, pid and cgroup path as labels. `group_by` does not apply:
 /// pprof tools group by label (`go tool pprof -tagroot cgroup`).
 pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     let mut strings = Strings::default();
-    let period_ns = 1_000_000_000 / profile.request.frequency.max(1) as i64;
+    let period_ns = period_ns(&profile.request);
     let mut functions: HashMap<String, u64> = HashMap::new();
     let mut out = pprof::Profile {
-        sample_type: vec![
-            pprof::ValueType {
-                r#type: strings.index("samples"),
-                unit: strings.index("count"),
-            },
-            pprof::ValueType {
-                r#type: strings.index("cpu"),
-                unit: strings.index("nanoseconds"),
-            },
-        ],
-        period_type: Some(pprof::ValueType {
-            r#type: strings.index("cpu"),
-            unit: strings.index("nanoseconds"),
-        }),
+        sample_type: sample_types(profile.request.kind, &mut strings),
+        period_type: Some(period_type(profile.request.kind, &mut strings)),
         period: period_ns,
         duration_nanos: (profile.request.seconds * 1_000_000_000) as i64,
         time_nanos: std::time::SystemTime::now()
@@ -184,7 +203,7 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
             .collect();
         out.sample.push(pprof::Sample {
             location_id,
-            value: vec![stack.count as i64, stack.count as i64 * period_ns],
+            value: values(profile.request.kind, stack.count, period_ns),
             label: vec![
                 pprof::Label {
                     key: comm_key,
@@ -209,6 +228,50 @@ pub fn pprof_gzip(profile: &Profile) -> Result<Vec<u8>, ProfileError> {
     gz.write_all(&out.encode_to_vec())
         .and_then(|()| gz.finish())
         .map_err(|e| ProfileError::Failed(format!("compressing the profile: {e}")))
+}
+
+/// What a pprof sample's values are: samples and CPU time (as Go's CPU
+/// profiles), or for an off-CPU profile one value, nanoseconds blocked.
+fn sample_types(kind: Kind, strings: &mut Strings) -> Vec<pprof::ValueType> {
+    match kind {
+        Kind::Cpu => vec![
+            value_type(strings, "samples", "count"),
+            value_type(strings, "cpu", "nanoseconds"),
+        ],
+        Kind::OffCpu { .. } => vec![value_type(strings, "offcpu", "nanoseconds")],
+    }
+}
+
+fn period_type(kind: Kind, strings: &mut Strings) -> pprof::ValueType {
+    match kind {
+        Kind::Cpu => value_type(strings, "cpu", "nanoseconds"),
+        Kind::OffCpu { .. } => value_type(strings, "offcpu", "nanoseconds"),
+    }
+}
+
+/// The time one sample stands for; off CPU every block is measured, so
+/// each value is exact (a period of 1 ns).
+fn period_ns(request: &super::Request) -> i64 {
+    match request.kind {
+        Kind::Cpu => 1_000_000_000 / request.frequency.max(1) as i64,
+        Kind::OffCpu { .. } => 1,
+    }
+}
+
+/// A stack's values, in the order of [`sample_types`].
+fn values(kind: Kind, count: u64, period_ns: i64) -> Vec<i64> {
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    match kind {
+        Kind::Cpu => vec![count, count.saturating_mul(period_ns)],
+        Kind::OffCpu { .. } => vec![count],
+    }
+}
+
+fn value_type(strings: &mut Strings, r#type: &str, unit: &str) -> pprof::ValueType {
+    pprof::ValueType {
+        r#type: strings.index(r#type),
+        unit: strings.index(unit),
+    }
 }
 
 /// pprof's string table; index 0 is the empty string.
@@ -296,6 +359,7 @@ mod tests {
                 },
             ],
             request: Request {
+                kind: Kind::Cpu,
                 seconds: 1,
                 pid: None,
                 frequency: 99,
@@ -405,5 +469,45 @@ mod tests {
                 .map(|s| &s.location_id)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// Off CPU, folded stacks and the flame graph weigh in microseconds
+    /// (rounded, never 0); pprof has one value, nanoseconds.
+    #[test]
+    fn offcpu_weights_are_microseconds_and_nanoseconds() {
+        let mut offcpu = profile(GroupBy::Process);
+        offcpu.request.kind = Kind::OffCpu {
+            min_block_us: std::num::NonZeroU32::new(1000).unwrap(),
+        };
+        offcpu.request.frequency = 0;
+        for (stack, ns) in offcpu.stacks.iter_mut().zip([20_000_499, 1_500, 400]) {
+            stack.count = ns;
+        }
+        assert_eq!(
+            folded(&offcpu),
+            "kthreadd 1\nnginx;main;serve 20000\nworker;main;spin;tick_[k] 2\n"
+        );
+        let svg = String::from_utf8(svg(&offcpu).unwrap()).unwrap();
+        assert!(svg.contains("off-CPU profile"), "{svg}");
+        let gz = pprof_gzip(&offcpu).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let out = pprof::Profile::decode(bytes.as_slice()).unwrap();
+        let string = |i: i64| out.string_table[usize::try_from(i).unwrap()].as_str();
+        let types: Vec<(&str, &str)> = out
+            .sample_type
+            .iter()
+            .map(|t| (string(t.r#type), string(t.unit)))
+            .collect();
+        assert_eq!(types, [("offcpu", "nanoseconds")]);
+        let period = out.period_type.as_ref().unwrap();
+        assert_eq!(
+            (string(period.r#type), string(period.unit)),
+            ("offcpu", "nanoseconds")
+        );
+        let values: Vec<&[i64]> = out.sample.iter().map(|s| s.value.as_slice()).collect();
+        assert_eq!(values, [&[20_000_499][..], &[1_500], &[400]]);
     }
 }

@@ -113,13 +113,37 @@ async fn pprof(State(state): State<AppState>, Query(params): Params) -> Response
     .await
 }
 
+/// Logs what a capture found and renders it, timing both.
+fn finish(
+    profile: Profile,
+    render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError>,
+) -> Result<(Vec<u8>, u64), ProfileError> {
+    let started = std::time::Instant::now();
+    let body = render(&profile)?;
+    tracing::info!(
+        kind = profile.request.kind.name(),
+        stacks = profile.stacks.len(),
+        dropped = profile.dropped,
+        "profile symbolized in {:.1} ms, rendered in {:.1} ms",
+        profile.symbolize_time.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    if profile.dropped > 0 {
+        tracing::warn!(
+            "{} samples were lost to full profile maps or stack collisions",
+            profile.dropped
+        );
+    }
+    Ok((body, profile.dropped))
+}
+
 /// Checks the parameters, takes the profile (if the client goes away, this
 /// future is dropped and the sampler detached), renders it.
 async fn respond(
     state: &AppState,
     params: &HashMap<String, String>,
     content_type: &'static str,
-    render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError>,
+    render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError> + Send + 'static,
 ) -> Response {
     let profiler = match &state.profiler {
         Ok(profiler) => profiler,
@@ -141,22 +165,15 @@ async fn respond(
         Ok(request) => profiler.capture(request).await,
         Err(err) => Err(err),
     };
-    match result.and_then(|profile| {
-        tracing::info!(
-            kind = profile.request.kind.name(),
-            stacks = profile.stacks.len(),
-            dropped = profile.dropped,
-            "profile symbolized in {:.1} ms",
-            profile.symbolize_time.as_secs_f64() * 1e3
-        );
-        if profile.dropped > 0 {
-            tracing::warn!(
-                "{} samples were lost to full profile maps or stack collisions",
-                profile.dropped
-            );
-        }
-        Ok((render(&profile)?, profile.dropped))
-    }) {
+    let rendered = match result {
+        // Rendering a large flame graph takes a while: not on the async
+        // workers, which keep answering scrapes meanwhile.
+        Ok(profile) => tokio::task::spawn_blocking(move || finish(profile, render))
+            .await
+            .unwrap_or_else(|err| Err(ProfileError::Failed(format!("rendering failed: {err}")))),
+        Err(err) => Err(err),
+    };
+    match rendered {
         Ok((body, dropped)) => (
             [
                 (header::CONTENT_TYPE, content_type.to_owned()),

@@ -63,6 +63,16 @@ pub fn assert_close(what: &str, actual: f64, expected: f64, tolerance: f64) {
 /// `seconds`, doing `work` once its probes are attached (start-up takes tens
 /// of milliseconds; a second is left), and returns its JSON lines.
 pub fn hist_json(collector: &str, seconds: u32, work: impl FnOnce()) -> Vec<serde_json::Value> {
+    hist_json_with(collector, &[], seconds, work)
+}
+
+/// [`hist_json`] with `extra` arguments for `hist` (`--by-cgroup`, say).
+pub fn hist_json_with(
+    collector: &str,
+    extra: &[&str],
+    seconds: u32,
+    work: impl FnOnce(),
+) -> Vec<serde_json::Value> {
     require_root();
     let interval = seconds.to_string();
     let hist = std::process::Command::new(hostscope_bin())
@@ -76,13 +86,17 @@ pub fn hist_json(collector: &str, seconds: u32, work: impl FnOnce()) -> Vec<serd
             "--format",
             "json",
         ])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run hostscope hist");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     work();
     let output = hist.wait_with_output().expect("hist finishes");
-    assert!(output.status.success(), "hostscope hist {collector} failed");
+    assert!(
+        output.status.success(),
+        "hostscope hist {collector} {extra:?} failed"
+    );
     String::from_utf8(output.stdout)
         .expect("UTF-8")
         .lines()

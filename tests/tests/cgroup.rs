@@ -440,34 +440,10 @@ fn terminal_histograms_per_cgroup() {
     let work = busy.spawn(
         "exec taskset -c 0 sh -c 'i=0; while [ $i -lt 200 ]; do sleep 0.001; i=$((i+1)); done'",
     );
-    let hist = std::process::Command::new(hostscope_tests::hostscope_bin())
-        .args([
-            "hist",
-            "sched",
-            "--by-cgroup",
-            "--interval",
-            "3",
-            "--count",
-            "1",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run hostscope hist");
-    std::thread::sleep(Duration::from_millis(1000));
-    work.release();
-    busy.wait_all();
-    let output = hist.wait_with_output().expect("hist finishes");
-    assert!(
-        output.status.success(),
-        "hostscope hist sched --by-cgroup failed"
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .expect("UTF-8")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let lines = hostscope_tests::hist_json_with("sched", &["--by-cgroup"], 3, || {
+        work.release();
+        busy.wait_all();
+    });
     let ours = lines
         .iter()
         .find(|l| l["labels"]["cgroup"] == busy.path.as_str())

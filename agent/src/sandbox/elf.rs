@@ -146,29 +146,21 @@ impl SymbolTable {
                 continue;
             }
             let name = String::from_utf8_lossy(name.get(..MAX_NAME * 4).unwrap_or(name));
-            let (Ok(at), Ok(end)) = (
-                u32::try_from(names.len()),
-                u32::try_from(names.len() + name.len()),
-            ) else {
+            let Some(at) = push_name(&mut names, &name) else {
                 break;
             };
-            names.push_str(&name);
             let start = symbol.address();
-            symbols.push((start, start.saturating_add(symbol.size()), at..end));
+            symbols.push((start, start.saturating_add(symbol.size()), at));
         }
         for (start, name) in go_functions {
             if symbols.len() >= MAX_SYMBOLS {
                 break;
             }
-            let (Ok(at), Ok(end)) = (
-                u32::try_from(names.len()),
-                u32::try_from(names.len() + name.len()),
-            ) else {
+            let Some(at) = push_name(&mut names, &name) else {
                 break;
             };
-            names.push_str(&name);
             // No size in the table: each reaches to the next (below).
-            symbols.push((start, start, at..end));
+            symbols.push((start, start, at));
         }
         symbols.sort_unstable_by_key(|(start, end, _)| (*start, std::cmp::Reverse(*end)));
         symbols.dedup_by_key(|(start, _, _)| *start);
@@ -303,6 +295,15 @@ impl<'a> ReadRef<'a> for Layered<'a> {
             None => self.rest.read_bytes_at_until(range, delimiter),
         }
     }
+}
+
+/// Appends `name` to `names` and returns where it is, or `None` once
+/// `names` outgrows the `u32` ranges that keep the table small.
+fn push_name(names: &mut String, name: &str) -> Option<Range<u32>> {
+    let at = u32::try_from(names.len()).ok()?;
+    let end = u32::try_from(names.len() + name.len()).ok()?;
+    names.push_str(name);
+    Some(at..end)
 }
 
 #[cfg(test)]

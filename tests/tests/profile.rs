@@ -644,48 +644,6 @@ fn terminal_profile_limited_to_a_cgroup() {
     );
 }
 
-/// A binary stripped of every symbol still gets named frames: the file and
-/// the offset into it (`stripped_loop+0x1139`), never a bare address, so
-/// that the frames can be symbolized later from the unstripped file.
-#[test]
-fn stripped_binary_frames_read_file_plus_offset() {
-    let daemon = Daemon::start("sched");
-    let exe = hostscope_tests::programs::build(
-        "stripped_loop",
-        HOT_LOOP,
-        &["-O0", "-fno-omit-frame-pointer"],
-    );
-    let status = Command::new("strip")
-        .arg("--strip-all")
-        .arg(&exe)
-        .status()
-        .expect("strip (binutils) is installed with gcc");
-    assert!(status.success(), "strip failed");
-    let hot = Running::start(Command::new(&exe), "stripped_loop");
-    let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", hot.pid));
-    assert_eq!(status, 200, "{body}");
-    let mut named = 0u64;
-    let mut total = 0u64;
-    for line in body.lines() {
-        let (stack, count) = line.rsplit_once(' ').expect("stack and count");
-        let count: u64 = count.parse().expect("a count");
-        total += count;
-        let frames: Vec<&str> = stack.split(';').skip(1).collect();
-        assert!(
-            frames.iter().all(|f| !f.starts_with("0x")),
-            "a bare address: {line}"
-        );
-        if frames.iter().any(|f| f.starts_with("stripped_loop+0x")) {
-            named += count;
-        }
-    }
-    assert!(total >= 50, "too few samples: {body}");
-    assert!(
-        named * 10 >= total * 9,
-        "{named} of {total} samples have stripped_loop+0xOFFSET frames:\n{body}"
-    );
-}
-
 /// A Go program built stripped (`-ldflags=-s`: no `.symtab`, as Debian's
 /// Go packages ship) is named from its `.gopclntab`.
 #[test]

@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, Instant},
 };
@@ -166,7 +166,7 @@ impl Processes {
             let id = self
                 .files
                 .get(index)
-                .and_then(|fd| sandbox.build_id(fd.as_fd()).ok().flatten());
+                .and_then(|fd| build_id_of(sandbox, fd.as_fd()));
             self.build_ids.insert(index, id);
         }
     }
@@ -177,7 +177,7 @@ impl Processes {
             return id.clone();
         }
         let fd = self.files.get(index)?;
-        let id = sandbox.build_id(fd.as_fd()).ok().flatten();
+        let id = build_id_of(sandbox, fd.as_fd());
         self.build_ids.insert(index, id.clone());
         id
     }
@@ -486,6 +486,22 @@ fn ask(
         }
         Err(err) => {
             *failures += 1;
+            tracing::warn!("{err}");
+            None
+        }
+    }
+}
+
+/// A file's build ID; a sandbox that failed (not the file) is logged, as
+/// for names.
+fn build_id_of(sandbox: &mut Sandbox, fd: BorrowedFd<'_>) -> Option<String> {
+    match sandbox.build_id(fd) {
+        Ok(id) => id,
+        Err(SandboxError::File(why)) => {
+            tracing::debug!("a sampled file could not be read: {why}");
+            None
+        }
+        Err(err) => {
             tracing::warn!("{err}");
             None
         }

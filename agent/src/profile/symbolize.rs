@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, Instant},
 };
@@ -93,11 +93,6 @@ fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&Cg
             Job::Cache(tgid) => {
                 processes.cache(tgid);
                 cgroups.process(tgid);
-                // While the capture runs, have the sandbox read the new
-                // files' symbol tables (it keeps them) and build IDs, so
-                // that little is left to do once it ends.
-                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-                processes.read_ahead(&mut sandbox);
             }
             Job::Symbolize(raw, request, reply) => {
                 // Processes that first ran after the last tick, if still alive.
@@ -109,13 +104,7 @@ fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&Cg
                 cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
                 sandbox.refresh();
-                let _ = reply.send(symbolize(
-                    &mut sandbox,
-                    &mut processes,
-                    &cgroups,
-                    raw,
-                    request,
-                ));
+                let _ = reply.send(symbolize(&mut sandbox, &processes, &cgroups, raw, request));
             }
         }
     }
@@ -132,9 +121,6 @@ struct Processes {
     by_mapping: HashMap<(u64, u64), usize>,
     /// How many files may be open at once.
     max_files: usize,
-    /// Build IDs of the files in `files` read so far (by index); reading
-    /// one also has the sandbox read and keep the file's symbol table.
-    build_ids: HashMap<usize, Option<String>>,
 }
 
 impl Default for Processes {
@@ -146,7 +132,6 @@ impl Default for Processes {
             by_inode: HashMap::new(),
             by_mapping: HashMap::new(),
             max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
-            build_ids: HashMap::new(),
         }
     }
 }
@@ -159,29 +144,6 @@ struct Process {
 }
 
 impl Processes {
-    /// Reads the build ID (and so has the sandbox read the symbol table)
-    /// of every file opened since the last call.
-    fn read_ahead(&mut self, sandbox: &mut Sandbox) {
-        for index in self.build_ids.len()..self.files.len() {
-            let id = self
-                .files
-                .get(index)
-                .and_then(|fd| build_id_of(sandbox, fd.as_fd()));
-            self.build_ids.insert(index, id);
-        }
-    }
-
-    /// The build ID of open file `index`, read now if it was not read ahead.
-    fn build_id(&mut self, sandbox: &mut Sandbox, index: usize) -> Option<String> {
-        if let Some(id) = self.build_ids.get(&index) {
-            return id.clone();
-        }
-        let fd = self.files.get(index)?;
-        let id = build_id_of(sandbox, fd.as_fd());
-        self.build_ids.insert(index, id.clone());
-        id
-    }
-
     fn cache(&mut self, tgid: u32) {
         if self.by_tgid.contains_key(&tgid) {
             return;
@@ -247,7 +209,7 @@ struct Place {
 
 fn symbolize(
     sandbox: &mut Sandbox,
-    processes: &mut Processes,
+    processes: &Processes,
     cgroups: &cgroups::Names,
     raw: Raw,
     request: Request,
@@ -345,7 +307,7 @@ struct UserNames {
 /// times.
 fn user_names(
     sandbox: &mut Sandbox,
-    processes: &mut Processes,
+    processes: &Processes,
     user_addrs: BTreeMap<u32, Vec<u64>>,
     started: Instant,
 ) -> UserNames {
@@ -429,15 +391,25 @@ fn user_names(
             names.insert((place.tgid, place.addr), name);
         }
     }
-    // Build IDs, one question per file however many processes map it
-    // (most were read while the capture ran).
+    // Build IDs, one question per file however many processes map it.
+    let mut build_ids: HashMap<usize, Option<String>> = HashMap::new();
     for (mapping, file) in mappings.iter_mut().zip(&file_of_mapping) {
         let Some(file) = *file else { continue };
         if started.elapsed() > BUDGET {
             over_budget = true;
             break;
         }
-        mapping.build_id = processes.build_id(sandbox, file);
+        let id = build_ids.entry(file).or_insert_with(|| {
+            let fd = processes.files.get(file)?;
+            match sandbox.build_id(fd.as_fd()) {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::debug!("no build ID for {}: {err}", mapping.file);
+                    None
+                }
+            }
+        });
+        mapping.build_id = id.clone();
     }
     for (tgid, addrs) in by_perf_map {
         let Some(fd) = processes
@@ -486,22 +458,6 @@ fn ask(
         }
         Err(err) => {
             *failures += 1;
-            tracing::warn!("{err}");
-            None
-        }
-    }
-}
-
-/// A file's build ID; a sandbox that failed (not the file) is logged, as
-/// for names.
-fn build_id_of(sandbox: &mut Sandbox, fd: BorrowedFd<'_>) -> Option<String> {
-    match sandbox.build_id(fd) {
-        Ok(id) => id,
-        Err(SandboxError::File(why)) => {
-            tracing::debug!("a sampled file could not be read: {why}");
-            None
-        }
-        Err(err) => {
             tracing::warn!("{err}");
             None
         }

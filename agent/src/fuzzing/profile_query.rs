@@ -47,15 +47,7 @@ pub(super) fn check(data: &[u8]) -> Result<(), Violation> {
     let param = |name: &str| params.get(name).map(String::as_str);
 
     let daemon_limits = serve_limits(param("max_seconds"), param("max_frequency"))?;
-    let params = Params {
-        kind: param("kind"),
-        min_block_us: param("min_block_us"),
-        seconds: param("seconds"),
-        pid: param("pid"),
-        frequency: param("frequency"),
-        cgroup: param("cgroup"),
-        group_by: param("group_by"),
-    };
+    let params = Params::from_query(&params);
     // With no cgroup2 mounted, and with one that has no such cgroup.
     let roots = [None, Some(PathBuf::from(NO_SUCH_ROOT))];
     for root in &roots {

@@ -152,16 +152,10 @@ async fn respond(
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
     };
-    let param = |name: &str| params.get(name).map(String::as_str);
-    let result = match profiler.limits.request(&profile::Params {
-        kind: param("kind"),
-        min_block_us: param("min_block_us"),
-        seconds: param("seconds"),
-        pid: param("pid"),
-        frequency: param("frequency"),
-        cgroup: param("cgroup"),
-        group_by: param("group_by"),
-    }) {
+    let result = match profiler
+        .limits
+        .request(&profile::Params::from_query(params))
+    {
         Ok(request) => profiler.capture(request).await,
         Err(err) => Err(err),
     };

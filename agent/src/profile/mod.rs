@@ -73,6 +73,23 @@ pub struct Params<'a> {
     pub group_by: Option<&'a str>,
 }
 
+impl<'a> Params<'a> {
+    /// The parameters of an HTTP query, by their names (the daemon's
+    /// handlers and the query fuzz target read them alike).
+    pub fn from_query(query: &'a std::collections::HashMap<String, String>) -> Self {
+        let param = |name: &str| query.get(name).map(String::as_str);
+        Self {
+            kind: param("kind"),
+            min_block_us: param("min_block_us"),
+            seconds: param("seconds"),
+            pid: param("pid"),
+            frequency: param("frequency"),
+            cgroup: param("cgroup"),
+            group_by: param("group_by"),
+        }
+    }
+}
+
 /// What a profile weighs stacks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -17,6 +17,17 @@ pub const PROFILE_FILTER_MAP: &str = "PROFILE_FILTER";
 pub const PROFILE_DROPPED_MAP: &str = "PROFILE_DROPPED";
 /// The program.
 pub const PROFILE_PROGRAM: &str = "profile_sample";
+/// Ring buffer of [`UserStackSample`]s: the user stacks of processes whose
+/// code may lack frame pointers, for the daemon to unwind from their
+/// unwind tables. Only the sampler writes it, and only during a capture.
+pub const PROFILE_USER_STACKS_MAP: &str = "PROFILE_USER_STACKS";
+/// Hash map: tgid -> 1 for processes whose stacks the kernel walks by
+/// frame pointers (every module keeps them, or it has no user stack):
+/// their samples are counted in [`PROFILE_COUNTS_MAP`] as before.
+pub const PROFILE_WALKED_MAP: &str = "PROFILE_WALKED";
+/// Per-CPU array, one `u64`: samples whose user stack was walked by frame
+/// pointers because the ring buffer was full.
+pub const PROFILE_COPY_MISSED_MAP: &str = "PROFILE_COPY_MISSED";
 
 /// The off-CPU program: at `sched_switch`, remembers where a task blocked
 /// and, when it runs again, adds the nanoseconds it spent blocked to
@@ -35,6 +46,22 @@ pub const STACK_ENTRIES: u32 = 16_384;
 pub const COUNT_ENTRIES: u32 = 40_960;
 /// Processes whose names are kept.
 pub const COMM_ENTRIES: u32 = 8_192;
+/// Bytes of user stack copied per sample, from the page of the stack
+/// pointer up: what a frame-pointer-less unwinder may need. perf's
+/// `--call-graph dwarf` copies 8 KiB by default.
+pub const USER_STACK_BYTES: usize = 16_384;
+/// The copy is made page by page, so that a stack that ends sooner (a
+/// thread's stack, the top of the main one) still gives what it has.
+pub const USER_STACK_PAGE: usize = 4_096;
+/// Size of the [`PROFILE_USER_STACKS_MAP`] ring: about 250 samples. When
+/// it is full the kernel walks frame pointers instead, so a host with many
+/// CPUs degrades to the fast path rather than losing samples.
+pub const USER_STACKS_RING_BYTES: u32 = 4 << 20;
+/// Processes the kernel may be told to walk by frame pointers.
+pub const WALKED_ENTRIES: u32 = 8_192;
+/// [`ProfileFilter::flags`]: copy user stacks of processes not in
+/// [`PROFILE_WALKED_MAP`] to [`PROFILE_USER_STACKS_MAP`].
+pub const COPY_USER_STACKS: u32 = 1;
 /// Deepest cgroup level (the root is 0) the cgroup filter looks at. The
 /// filter compares ancestors by id, level by level, because a daemon in a
 /// cgroup namespace cannot know the absolute level of the cgroup it was
@@ -50,8 +77,45 @@ pub struct ProfileFilter {
     pub cgroup: u64,
     /// Only this process (thread group).
     pub tgid: u32,
+    /// [`COPY_USER_STACKS`] or 0.
+    pub flags: u32,
+}
+
+/// One sample whose user stack is left to the daemon to unwind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStackHeader {
+    /// As in [`SampleKey`].
+    pub cgroup: u64,
+    /// As in [`SampleKey`].
+    pub tgid: u32,
+    /// As in [`SampleKey`].
+    pub kernel_stack: i32,
+    /// The user registers (where the task entered the kernel, or was
+    /// interrupted): instruction, stack and frame pointer.
+    pub ip: u64,
+    /// See `ip`.
+    pub sp: u64,
+    /// See `ip`.
+    pub bp: u64,
+    /// The user address of the copy's first byte (the stack pointer's
+    /// page).
+    pub stack_base: u64,
+    /// Bytes copied: whole pages, 0 if the stack could not be read.
+    pub stack_len: u32,
     /// Always 0: makes the padding explicit.
     pub reserved: u32,
+}
+
+/// A [`PROFILE_USER_STACKS_MAP`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStackSample {
+    /// What the bytes are.
+    pub header: UserStackHeader,
+    /// The first `header.stack_len` bytes are the stack from
+    /// `header.stack_base` up.
+    pub stack: [u8; USER_STACK_BYTES],
 }
 
 /// What one sample is counted under.
@@ -89,6 +153,8 @@ pub struct OffCpuConfig {
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProfileFilter>() == 16);
 const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<UserStackHeader>() == 56);
+const _: () = assert!(USER_STACK_BYTES.is_multiple_of(USER_STACK_PAGE));
 
 #[cfg(feature = "user")]
 // SAFETY: integers only, no padding, every bit pattern valid.

@@ -15,6 +15,7 @@ pub mod blockdev;
 pub mod cgroups;
 pub mod daemon;
 pub mod exposition;
+pub mod folded;
 pub mod netns;
 pub mod programs;
 pub mod schedstat;

@@ -76,9 +76,10 @@ pub fn build(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     let out: PathBuf = dir.join(name);
     std::fs::write(&c, source).expect("write the C source");
+    // Flags after the source, so that libraries among them are linked.
     let status = Command::new("cc")
-        .args(flags)
         .arg(&c)
+        .args(flags)
         .arg("-o")
         .arg(&out)
         .status()
@@ -165,4 +166,48 @@ int main(void) {
     sleeper_caller();
     return 0;
 }
+"#;
+
+/// `b` and its hot `leaf`, for [`NO_FRAME_POINTER_CALLERS`]: the stack is
+/// `main` -> `a` -> `b` -> `leaf`, none inlined or tail-called, each with
+/// work after its call. Built without frame pointers (in the program or
+/// in a shared library), it can only be walked from `.eh_frame`.
+pub const NO_FRAME_POINTER_CALLEES: &str = r#"
+#include <stdint.h>
+volatile uint64_t sink;
+__attribute__((noinline)) uint64_t leaf(uint64_t n) {
+    uint64_t acc = 0;
+    for (uint64_t i = 0; i < n; i++) { acc += i * sink; sink = acc; }
+    return acc;
+}
+__attribute__((noinline)) uint64_t b(uint64_t n) { uint64_t r = leaf(n); sink += 1; return r + 1; }
+"#;
+
+/// `main` and `a`, which call [`NO_FRAME_POINTER_CALLEES`].
+pub const NO_FRAME_POINTER_CALLERS: &str = r#"
+#include <stdint.h>
+uint64_t b(uint64_t n);
+volatile uint64_t total;
+__attribute__((noinline)) uint64_t a(uint64_t n) { uint64_t r = b(n); total += 2; return r + 2; }
+int main(void) {
+    uint64_t r = 0;
+    for (;;) { r += a(100000000ULL); if (r == 1) break; }
+    return (int)r;
+}
+"#;
+
+/// Spins in `spin` under 24 calls of `deep`, each with a 2 KiB frame:
+/// about 48 KiB of stack, deeper than the sampler copies.
+pub const DEEP_STACK: &str = r#"
+#include <stdint.h>
+#include <string.h>
+volatile uint64_t sink;
+__attribute__((noinline)) void spin(void) { for (;;) sink++; }
+__attribute__((noinline)) void deep(int n) {
+    volatile char pad[2048];
+    memset((char *)pad, n, sizeof pad);
+    if (n == 0) spin(); else deep(n - 1);
+    sink += pad[n];
+}
+int main(void) { deep(24); return 0; }
 "#;

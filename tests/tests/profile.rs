@@ -12,28 +12,11 @@ use std::process::Command;
 use hostscope_tests::{
     cgroups::Cgroup,
     daemon::Daemon,
+    folded::parse_folded,
     hostscope_bin,
     programs::{HOT_LOOP, Running, SLEEPER, SYSCALL_LOOP},
     schedstat,
 };
-
-/// Parses folded stacks, checking every line's shape: `frames count`.
-fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .map(|line| {
-            let (frames, count) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("no count: {line}"));
-            let count: u64 = count
-                .parse()
-                .unwrap_or_else(|_| panic!("bad count: {line}"));
-            assert!(count > 0, "zero count: {line}");
-            let frames: Vec<String> = frames.split(';').map(str::to_owned).collect();
-            assert!(frames.iter().all(|f| !f.is_empty()), "empty frame: {line}");
-            (frames, count)
-        })
-        .collect()
-}
 
 /// A 3 s profile of a program that spins in `hot_spin_loop` shows that
 /// function under its true callers (`main` -> `intermediate_caller`) in at

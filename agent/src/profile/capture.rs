@@ -10,19 +10,22 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{perf_event::PerfEventLinkId, tp_btf::BtfTracePointLinkId},
 };
 use hostscope_common::profile::{
-    OFFCPU_CONFIG_MAP, OFFCPU_PROGRAM, OFFCPU_TRACEPOINT, OffCpuConfig, PROFILE_COMMS_MAP,
-    PROFILE_COUNTS_MAP, PROFILE_DROPPED_MAP, PROFILE_FILTER_MAP, PROFILE_PROGRAM,
-    PROFILE_STACKS_MAP, ProfileFilter, SampleKey,
+    COPY_USER_STACKS, OFFCPU_CONFIG_MAP, OFFCPU_PROGRAM, OFFCPU_TRACEPOINT, OffCpuConfig,
+    PROFILE_COMMS_MAP, PROFILE_COPY_MISSED_MAP, PROFILE_COUNTS_MAP, PROFILE_DROPPED_MAP,
+    PROFILE_FILTER_MAP, PROFILE_PROGRAM, PROFILE_STACKS_MAP, PROFILE_USER_STACKS_MAP,
+    PROFILE_WALKED_MAP, ProfileFilter, SampleKey,
 };
+use tokio::io::unix::AsyncFd;
 
 use super::{
     Kind, Limits, Profile, ProfileError, Request, Stack,
     admission::{Admission, DEFAULT_MAX_QUEUE},
     symbolize,
+    unwound::Copied,
 };
 use crate::{probes::Probes, sandbox::Sandbox};
 
@@ -46,6 +49,10 @@ struct Maps {
     comms: BpfHashMap<MapData, u32, [u8; 16]>,
     filter: Array<MapData, ProfileFilter>,
     dropped: PerCpuArray<MapData, u64>,
+    /// Processes whose user stacks the kernel walks by frame pointers.
+    walked: BpfHashMap<MapData, u32, u8>,
+    /// Samples walked by frame pointers because the ring was full.
+    copy_missed: PerCpuArray<MapData, u64>,
     /// The off-CPU program's settings, or why that program did not load.
     offcpu: Result<Array<MapData, OffCpuConfig>, String>,
 }
@@ -55,6 +62,8 @@ struct Maps {
 pub struct Profiler {
     probes: Arc<Mutex<Probes>>,
     maps: Mutex<Maps>,
+    /// Copied user stacks; lent to the capture under way.
+    user_stacks: Mutex<Option<RingBuf<MapData>>>,
     /// Held for a whole capture: never two samplers at once.
     turn: tokio::sync::Mutex<()>,
     /// Names user frames, out of the daemon's process; shared by captures.
@@ -97,18 +106,24 @@ impl Profiler {
                     tracing::warn!("{why}");
                     why
                 });
-            Maps {
+            let user_stacks = p.take_map(PROFILE_USER_STACKS_MAP).map_err(take)?;
+            let maps = Maps {
                 stacks: p.take_map(PROFILE_STACKS_MAP).map_err(take)?,
                 counts: p.take_map(PROFILE_COUNTS_MAP).map_err(take)?,
                 comms: p.take_map(PROFILE_COMMS_MAP).map_err(take)?,
                 filter: p.take_map(PROFILE_FILTER_MAP).map_err(take)?,
                 dropped: p.take_map(PROFILE_DROPPED_MAP).map_err(take)?,
+                walked: p.take_map(PROFILE_WALKED_MAP).map_err(take)?,
+                copy_missed: p.take_map(PROFILE_COPY_MISSED_MAP).map_err(take)?,
                 offcpu,
-            }
+            };
+            (maps, user_stacks)
         };
+        let (maps, user_stacks) = maps;
         Ok(Self {
             probes,
             maps: Mutex::new(maps),
+            user_stacks: Mutex::new(Some(user_stacks)),
             turn: tokio::sync::Mutex::new(()),
             sandbox: Arc::default(),
             admission: Admission::new(DEFAULT_MAX_QUEUE),
@@ -151,11 +166,15 @@ impl Profiler {
             ProfileFilter {
                 cgroup: request.cgroup.as_ref().map_or(0, |c| c.id),
                 tgid: request.pid.unwrap_or(0),
-                reserved: 0,
+                flags: match request.kind {
+                    Kind::Cpu => COPY_USER_STACKS,
+                    Kind::OffCpu { .. } => 0,
+                },
             },
             request.kind,
         )?;
-        let symbolizer = symbolize::Worker::start(self.sandbox.clone(), request.cgroup.clone());
+        let mut symbolizer = symbolize::Worker::start(self.sandbox.clone(), request.cgroup.clone());
+        let mut ring = RingLease::take(&self.user_stacks)?;
         {
             let _sampling = Sampling::start(&self.probes, &request)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);
@@ -164,7 +183,19 @@ impl Profiler {
             loop {
                 let tick = tokio::time::Instant::now() + Duration::from_millis(500);
                 let pause = tokio::time::sleep_until(tick.min(deadline));
-                self.admission.unless_shutdown(pause).await?;
+                let copies = ring.copies();
+                let wake = async {
+                    tokio::select! {
+                        () = pause => {}
+                        () = copies => {}
+                    }
+                };
+                self.admission.unless_shutdown(wake).await?;
+                let copies = ring.drain();
+                if !copies.is_empty() {
+                    symbolizer.unwind(copies);
+                }
+                self.walk_by_frame_pointers(&symbolizer.walkable());
                 // Cache each new process's mappings while it is alive, so
                 // that one that exits before the end still symbolizes.
                 for tgid in self.sampled_processes() {
@@ -177,6 +208,11 @@ impl Profiler {
                 }
             }
         }
+        let copies = ring.drain();
+        if !copies.is_empty() {
+            symbolizer.unwind(copies);
+        }
+        drop(ring);
         let raw = self.read()?;
         let symbolized = symbolizer.symbolize(raw, request);
         let mut profile = self.admission.unless_shutdown(symbolized).await??;
@@ -186,8 +222,31 @@ impl Profiler {
         Ok(profile)
     }
 
-    fn reset(&self, filter: ProfileFilter, kind: Kind) -> Result<(), ProfileError> {
+    /// Lets the kernel walk these processes' stacks itself.
+    fn walk_by_frame_pointers(&self, tgids: &[u32]) {
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        for tgid in tgids {
+            // A full map only costs the copy.
+            let _ = maps.walked.insert(tgid, 1, 0);
+        }
+    }
+
+    fn reset(&self, filter: ProfileFilter, kind: Kind) -> Result<(), ProfileError> {
+        // Copies left by a capture that was cut short.
+        if let Some(ring) = self
+            .user_stacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            while ring.next().is_some() {}
+        }
+        let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        // A pid may since be another program (exec, reuse): ask again.
+        let walked: Vec<u32> = maps.walked.keys().filter_map(Result::ok).collect();
+        for tgid in walked {
+            let _ = maps.walked.remove(&tgid);
+        }
         let keys: Vec<SampleKey> = maps.counts.keys().filter_map(Result::ok).collect();
         for key in keys {
             let _ = maps.counts.remove(&key);
@@ -205,6 +264,11 @@ impl Profiler {
         maps.dropped
             .set(0, zeros, 0)
             .map_err(|e| failed("resetting the dropped counter")(&e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; maps_cpus()])
+            .map_err(|e| failed("resetting the missed-copy counter")(&e))?;
+        maps.copy_missed
+            .set(0, zeros, 0)
+            .map_err(|e| failed("resetting the missed-copy counter")(&e))?;
         maps.filter
             .set(0, filter, 0)
             .map_err(|e| failed("setting the pid and cgroup filter")(&e))?;
@@ -236,13 +300,10 @@ impl Profiler {
             raw.counts
                 .push(entry.map_err(|e| failed("reading sample counts")(&e))?);
         }
-        let wanted: HashSet<u32> = raw
-            .counts
-            .iter()
-            .flat_map(|(k, _)| [k.user_stack, k.kernel_stack])
-            .filter_map(|id| u32::try_from(id).ok())
-            .collect();
-        for id in wanted {
+        // Every stack in the map is this capture's (it was cleared), and
+        // the counts here do not name the kernel stacks of copied samples.
+        let ids: Vec<u32> = maps.stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
             if let Ok(trace) = maps.stacks.get(&id, 0) {
                 raw.stacks
                     .insert(id, trace.frames().iter().map(|f| f.ip).collect());
@@ -260,7 +321,78 @@ impl Profiler {
             .map_err(|e| failed("reading the dropped counter")(&e))?
             .iter()
             .sum();
+        let missed: u64 = maps
+            .copy_missed
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
+        if missed > 0 {
+            tracing::info!(
+                "{missed} samples were walked by frame pointers because the stack-copy ring was full"
+            );
+        }
         Ok(raw)
+    }
+}
+
+/// The ring of copied stacks, lent to one capture and given back when it
+/// ends, however it ends.
+struct RingLease<'p> {
+    home: &'p Mutex<Option<RingBuf<MapData>>>,
+    ring: Option<AsyncFd<RingBuf<MapData>>>,
+}
+
+impl<'p> RingLease<'p> {
+    fn take(home: &'p Mutex<Option<RingBuf<MapData>>>) -> Result<Self, ProfileError> {
+        let mut slot = home.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = match slot.take() {
+            // SAFETY: the ring owns its descriptor, which stays open and
+            // the same until `into_inner` gives the ring back.
+            Some(ring) => match unsafe {
+                AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+            } {
+                Ok(ring) => Some(ring),
+                Err(err) => {
+                    let (ring, err) = err.into_parts();
+                    *slot = Some(ring);
+                    return Err(failed("watching the stack-copy ring")(&err));
+                }
+            },
+            None => None,
+        };
+        Ok(Self { home, ring })
+    }
+
+    /// Resolves when copies are waiting (never, without a ring).
+    async fn copies(&mut self) {
+        match self.ring.as_mut() {
+            Some(ring) => {
+                if let Ok(mut ready) = ring.readable_mut().await {
+                    ready.clear_ready();
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Every copy waiting; malformed records are skipped.
+    fn drain(&mut self) -> Vec<Copied> {
+        let mut copies = Vec::new();
+        if let Some(ring) = self.ring.as_mut() {
+            let ring = ring.get_mut();
+            while let Some(record) = ring.next() {
+                copies.extend(Copied::parse(&record));
+            }
+        }
+        copies
+    }
+}
+
+impl Drop for RingLease<'_> {
+    fn drop(&mut self) {
+        if let Some(ring) = self.ring.take() {
+            *self.home.lock().unwrap_or_else(PoisonError::into_inner) = Some(ring.into_inner());
+        }
     }
 }
 

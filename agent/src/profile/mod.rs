@@ -11,6 +11,7 @@ mod pprof;
 pub(crate) mod procmaps;
 mod render;
 mod symbolize;
+mod unwound;
 
 pub use capture::Profiler;
 pub use cgroups::CgroupFilter;

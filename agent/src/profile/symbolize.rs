@@ -13,9 +13,13 @@
 //! address.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     os::fd::{AsFd as _, OwnedFd},
-    sync::{Arc, Mutex, PoisonError, mpsc},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -27,8 +31,9 @@ use super::{
     kallsyms::KernelSymbols,
     printable,
     procmaps::{self, Mapping},
+    unwound::{self, Copied, TRUNCATED},
 };
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{FileId, ModuleRef, Sandbox, SandboxError, StackCopy};
 
 /// The most files one capture holds open, and at most a quarter of the
 /// soft open-file limit, so that connections and maps always have room.
@@ -39,8 +44,13 @@ const MAX_MAPPINGS: usize = 4096;
 /// How long naming one capture's files may take in all; past it, the rest
 /// are named `file+0xOFFSET`.
 const BUDGET: Duration = Duration::from_secs(20);
+/// Copied stacks waiting to be unwound, at most (16 KiB each): past it,
+/// samples are dropped rather than memory grown.
+const MAX_PENDING: usize = 2_048;
 
 enum Job {
+    /// Unwind these copied stacks and count them.
+    Unwind(Vec<Copied>),
     /// Remember a live process's mappings and open its files, in case it
     /// exits before the end.
     Cache(u32),
@@ -51,6 +61,12 @@ enum Job {
 /// Handle to the symbolization thread; the thread ends with the handle.
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Processes found to keep frame pointers in every module.
+    walkable: mpsc::Receiver<u32>,
+    /// Copied stacks sent and not yet unwound.
+    pending: Arc<AtomicUsize>,
+    /// Copied stacks dropped because too many were pending.
+    dropped: u64,
 }
 
 impl Worker {
@@ -58,14 +74,43 @@ impl Worker {
     /// hierarchy (below `filter`, if the capture is limited to it) first.
     pub fn start(sandbox: Arc<Mutex<Sandbox>>, filter: Option<CgroupFilter>) -> Self {
         let (jobs, queue) = mpsc::channel();
+        let (found_walkable, walkable) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let unwinding = Unwinding {
+            walkable: found_walkable,
+            pending: pending.clone(),
+            counts: unwound::Counts::default(),
+        };
         std::thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || run(&queue, &sandbox, filter.as_ref()))
+            .spawn(move || run(&queue, &sandbox, filter.as_ref(), unwinding))
             .map_or_else(
                 |err| tracing::error!("cannot start the symbolization thread: {err}"),
                 drop,
             );
-        Self { jobs }
+        Self {
+            jobs,
+            walkable,
+            pending,
+            dropped: 0,
+        }
+    }
+
+    /// Unwinds and counts `copies`, or drops them if too many wait.
+    pub fn unwind(&mut self, copies: Vec<Copied>) {
+        let n = copies.len();
+        if self.pending.load(Ordering::Relaxed) + n > MAX_PENDING {
+            self.dropped += n as u64;
+            return;
+        }
+        self.pending.fetch_add(n, Ordering::Relaxed);
+        let _ = self.jobs.send(Job::Unwind(copies));
+    }
+
+    /// Processes found, since the last call, to keep frame pointers in
+    /// every module they map: the kernel may walk their stacks itself.
+    pub fn walkable(&self) -> Vec<u32> {
+        self.walkable.try_iter().collect()
     }
 
     /// Caches `tgid`'s mappings and cgroup now.
@@ -73,8 +118,9 @@ impl Worker {
         let _ = self.jobs.send(Job::Cache(tgid));
     }
 
-    /// Symbolizes `raw`.
-    pub async fn symbolize(self, raw: Raw, request: Request) -> Result<Profile, ProfileError> {
+    /// Symbolizes `raw`, with the stacks unwound so far.
+    pub async fn symbolize(self, mut raw: Raw, request: Request) -> Result<Profile, ProfileError> {
+        raw.dropped += self.dropped;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job::Symbolize(raw, request, reply))
@@ -85,16 +131,38 @@ impl Worker {
     }
 }
 
-fn run(queue: &mpsc::Receiver<Job>, sandbox: &Mutex<Sandbox>, filter: Option<&CgroupFilter>) {
+/// The symbolization thread's side of unwinding.
+struct Unwinding {
+    walkable: mpsc::Sender<u32>,
+    pending: Arc<AtomicUsize>,
+    counts: unwound::Counts,
+}
+
+fn run(
+    queue: &mpsc::Receiver<Job>,
+    sandbox: &Mutex<Sandbox>,
+    filter: Option<&CgroupFilter>,
+    mut unwinding: Unwinding,
+) {
     let mut processes = Processes::default();
     let mut cgroups = cgroups::Names::start(filter);
     for job in queue {
         match job {
+            Job::Unwind(copies) => {
+                let n = copies.len();
+                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+                for tgid in unwind(&mut sandbox, &mut processes, &mut unwinding.counts, copies) {
+                    cgroups.process(tgid);
+                    let _ = unwinding.walkable.send(tgid);
+                }
+                unwinding.pending.fetch_sub(n, Ordering::Relaxed);
+            }
             Job::Cache(tgid) => {
                 processes.cache(tgid);
                 cgroups.process(tgid);
             }
-            Job::Symbolize(raw, request, reply) => {
+            Job::Symbolize(mut raw, request, reply) => {
+                std::mem::take(&mut unwinding.counts).add_to(&mut raw);
                 // Processes that first ran after the last tick, if still alive.
                 for tgid in raw.comms.keys() {
                     processes.cache(*tgid);
@@ -119,6 +187,13 @@ struct Processes {
     /// Files already open, by device and inode as the maps file names them:
     /// three hundred processes of one program open its files once.
     by_mapping: HashMap<(u64, u64), usize>,
+    /// The identity of each open file, by its index in `files`.
+    ids: Vec<Option<FileId>>,
+    /// Whether each file keeps frame pointers, once the sandbox has read
+    /// its unwind tables.
+    frame_pointers: HashMap<usize, bool>,
+    /// Processes already reported as walkable.
+    classified: HashSet<u32>,
     /// How many files may be open at once.
     max_files: usize,
 }
@@ -131,6 +206,9 @@ impl Default for Processes {
             files: Vec::new(),
             by_inode: HashMap::new(),
             by_mapping: HashMap::new(),
+            ids: Vec::new(),
+            frame_pointers: HashMap::new(),
+            classified: HashSet::new(),
             max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
         }
     }
@@ -191,12 +269,106 @@ impl Processes {
             .by_inode
             .entry((stat.st_dev, stat.st_ino))
             .or_insert_with(|| {
+                self.ids.push(FileId::of(fd.as_fd()));
                 self.files.push(fd);
                 self.files.len() - 1
             });
         self.by_mapping
             .insert((mapping.device, mapping.inode), index);
         Some(index)
+    }
+}
+
+/// Unwinds `copies` in the sandbox and counts them. Returns the sampled
+/// processes that first turned out to keep frame pointers in every module
+/// (or to have no user memory: kernel threads), which the kernel may walk.
+fn unwind(
+    sandbox: &mut Sandbox,
+    processes: &mut Processes,
+    counts: &mut unwound::Counts,
+    copies: Vec<Copied>,
+) -> Vec<u32> {
+    let mut by_tgid: BTreeMap<u32, Vec<Copied>> = BTreeMap::new();
+    for copied in copies {
+        by_tgid.entry(copied.tgid).or_default().push(copied);
+    }
+    let mut walkable = Vec::new();
+    for (tgid, mut copies) in by_tgid {
+        processes.cache(tgid);
+        let Some(process) = processes.by_tgid.get(&tgid) else {
+            // Gone before it could be read: its stacks cannot be walked.
+            for copied in &copies {
+                counts.add(copied, None);
+            }
+            continue;
+        };
+        let mut modules = Vec::new();
+        let mut all_keep_frame_pointers = true;
+        for (mapping, file) in process.mappings.iter().zip(&process.files) {
+            let Some((file, Some(id))) = file.and_then(|f| Some((f, *processes.ids.get(f)?)))
+            else {
+                continue;
+            };
+            let keeps = *processes.frame_pointers.entry(file).or_insert_with(|| {
+                let fd = processes.files.get(file).map(OwnedFd::as_fd);
+                fd.is_some_and(|fd| {
+                    sandbox.unwind_tables(fd).unwrap_or_else(|err| {
+                        log_unwind_failure(tgid, &err);
+                        false
+                    })
+                })
+            });
+            all_keep_frame_pointers &= keeps;
+            modules.push(ModuleRef {
+                file: id,
+                start: mapping.start,
+                end: mapping.end,
+                offset: mapping.offset,
+            });
+        }
+        if all_keep_frame_pointers && processes.classified.insert(tgid) {
+            walkable.push(tgid);
+        }
+        let (mut walk, none): (Vec<&mut Copied>, Vec<&mut Copied>) =
+            copies.iter_mut().partition(|c| !c.stack.bytes.is_empty());
+        for copied in none {
+            counts.add(copied, None);
+        }
+        let stacks: Vec<StackCopy> = walk
+            .iter_mut()
+            .map(|c| StackCopy {
+                bytes: std::mem::take(&mut c.stack.bytes),
+                ..c.stack.clone()
+            })
+            .collect();
+        let (ids, files) = (&processes.ids, &processes.files);
+        let open = |id: &FileId| {
+            let index = ids.iter().position(|known| known.as_ref() == Some(id))?;
+            files.get(index).map(OwnedFd::as_fd)
+        };
+        match sandbox.unwind(&modules, &stacks, open) {
+            Ok(unwound) => {
+                for (copied, unwound) in walk.iter().zip(unwound) {
+                    counts.add(copied, Some(unwound));
+                }
+            }
+            Err(err) => {
+                log_unwind_failure(tgid, &err);
+                for copied in &walk {
+                    counts.add(copied, None);
+                }
+            }
+        }
+    }
+    walkable
+}
+
+/// A file the sandbox cannot read is the file's business (debug); a
+/// sandbox that failed is the operator's (one warning).
+fn log_unwind_failure(tgid: u32, err: &SandboxError) {
+    match err {
+        SandboxError::File(why) => tracing::debug!(tgid, "stacks not unwound: {why}"),
+        err => tracing::warn!("{err}; those stacks end in [truncated]"),
     }
 }
 
@@ -221,7 +393,7 @@ fn symbolize(
         if let Some(ips) = stack(&raw, key.kernel_stack) {
             kernel_addrs.extend(call_sites(ips));
         }
-        if let Some(ips) = stack(&raw, key.user_stack) {
+        if let Some((ips, _)) = user_stack(&raw, key.user_stack) {
             user_addrs
                 .entry(key.tgid)
                 .or_default()
@@ -244,7 +416,11 @@ fn symbolize(
         let mut frames = Vec::new();
         let mut addresses = Vec::new();
         // Outermost caller first: user frames, then the kernel's.
-        if let Some(ips) = stack(&raw, key.user_stack) {
+        if let Some((ips, truncated)) = user_stack(&raw, key.user_stack) {
+            if truncated {
+                frames.push("[truncated]".to_owned());
+                addresses.push(None);
+            }
             for addr in call_sites(ips).rev() {
                 frames.push(
                     user.names
@@ -466,6 +642,16 @@ fn ask(
 
 fn stack(raw: &Raw, id: i32) -> Option<&Vec<u64>> {
     u32::try_from(id).ok().and_then(|id| raw.stacks.get(&id))
+}
+
+/// A user stack's addresses, and whether its walk stopped short (the
+/// [`TRUNCATED`] mark, which is not an address, is left out).
+fn user_stack(raw: &Raw, id: i32) -> Option<(&[u64], bool)> {
+    let ips = stack(raw, id)?;
+    Some(match ips.split_last() {
+        Some((&TRUNCATED, rest)) => (rest, true),
+        _ => (ips.as_slice(), false),
+    })
 }
 
 /// The addresses to symbolize, leaf first: the leaf is where the CPU was;

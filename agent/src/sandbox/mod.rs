@@ -20,6 +20,7 @@ pub(crate) mod gopclntab;
 pub(crate) mod perfmap;
 mod protocol;
 mod seccomp;
+mod unwind;
 pub mod worker;
 
 use std::{
@@ -40,7 +41,8 @@ use rustix::{
 };
 
 pub use elf::truncate;
-use protocol::{MAX_ADDRS, Reply, Request};
+pub use protocol::{FileId, ModuleRef, StackCopy, Unwound};
+use protocol::{MAX_ADDRS, MAX_STACKS, Reply, Request};
 
 /// The hidden subcommand that runs the sandbox.
 pub const SUBCOMMAND: &str = "__symbolize-sandbox";
@@ -141,17 +143,82 @@ impl Sandbox {
                 "it made the sandbox fail before and is not read again".into(),
             ));
         }
-        match self.exchange(file, &Request::BuildId)? {
+        match self.exchange(Some(file), &Request::BuildId)? {
             // Checked: the sandbox's answers are not trusted either.
             Reply::BuildId(id) => {
                 Ok(id.filter(|id| id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit())))
             }
             Reply::Failed(why) => Err(SandboxError::File(why)),
-            Reply::Names(_) => {
-                self.worker = None;
-                Err(SandboxError::Failed("names for a build ID request".into()))
+            _ => Err(self.confused("a build ID request")),
+        }
+    }
+
+    /// Has the sandbox read `file`'s unwind tables; whether the file keeps
+    /// frame pointers.
+    pub fn unwind_tables(&mut self, file: BorrowedFd<'_>) -> Result<bool, SandboxError> {
+        if self.quarantined(file) {
+            return Err(SandboxError::File(
+                "it made the sandbox fail before and is not read again".into(),
+            ));
+        }
+        let answer = self.exchange(Some(file), &Request::UnwindTables);
+        if let (Err(SandboxError::Failed(_)), Some(key)) = (&answer, file_key(file))
+            && self.failures.len() < QUARANTINE_MAX
+        {
+            *self.failures.entry(key).or_default() += 1;
+        }
+        match answer? {
+            Reply::UnwindTables { frame_pointers } => Ok(frame_pointers),
+            Reply::Failed(why) => Err(SandboxError::File(why)),
+            _ => Err(self.confused("an unwind-tables request")),
+        }
+    }
+
+    /// Unwinds one process's `stacks` through its `modules`. The tables of
+    /// files the sandbox does not hold (it was restarted) are sent first,
+    /// from `open_file`; a module whose file cannot be sent is left out.
+    pub fn unwind<'f>(
+        &mut self,
+        modules: &[ModuleRef],
+        stacks: &[StackCopy],
+        open_file: impl Fn(&FileId) -> Option<BorrowedFd<'f>>,
+    ) -> Result<Vec<Unwound>, SandboxError> {
+        let mut modules = modules.to_vec();
+        let mut unwound = Vec::with_capacity(stacks.len());
+        for chunk in stacks.chunks(MAX_STACKS) {
+            let mut attempts = 0;
+            loop {
+                let request = Request::Unwind {
+                    modules: modules.clone(),
+                    stacks: chunk.to_vec(),
+                };
+                match self.exchange(None, &request)? {
+                    Reply::Unwound(stacks) if stacks.len() == chunk.len() => {
+                        unwound.extend(stacks);
+                        break;
+                    }
+                    Reply::MissingTables(files) if attempts == 0 => {
+                        attempts += 1;
+                        for id in files {
+                            let sent =
+                                open_file(&id).is_some_and(|fd| self.unwind_tables(fd).is_ok());
+                            if !sent {
+                                modules.retain(|m| m.file != id);
+                            }
+                        }
+                    }
+                    Reply::Failed(why) => return Err(SandboxError::File(why)),
+                    _ => return Err(self.confused("an unwind request")),
+                }
             }
         }
+        Ok(unwound)
+    }
+
+    /// Drops a sandbox that answered something else than was asked.
+    fn confused(&mut self, request: &str) -> SandboxError {
+        self.worker = None;
+        SandboxError::Failed(format!("a wrong kind of answer to {request}"))
     }
 
     /// Whether `file` made the sandbox fail too often to be read again.
@@ -196,7 +263,7 @@ impl Sandbox {
         request: Request,
         expected: usize,
     ) -> Result<Vec<Option<String>>, SandboxError> {
-        match self.exchange(file, &request)? {
+        match self.exchange(Some(file), &request)? {
             Reply::Names(names) if names.len() == expected => Ok(names),
             Reply::Failed(why) => Err(SandboxError::File(why)),
             Reply::Names(names) => {
@@ -206,19 +273,18 @@ impl Sandbox {
                     names.len()
                 )))
             }
-            Reply::BuildId(_) => {
-                self.worker = None;
-                Err(SandboxError::Failed(
-                    "a build ID for a names request".into(),
-                ))
-            }
+            _ => Err(self.confused("a names request")),
         }
     }
 
     /// Sends one request and reads its reply; on any failure but the
     /// file's own, the worker is dropped (killed) and the next request
     /// starts a new one.
-    fn exchange(&mut self, file: BorrowedFd<'_>, request: &Request) -> Result<Reply, SandboxError> {
+    fn exchange(
+        &mut self,
+        file: Option<BorrowedFd<'_>>,
+        request: &Request,
+    ) -> Result<Reply, SandboxError> {
         // One that died while idle (killed by the OOM killer, say) is
         // replaced before it costs a file its names.
         if let Some(worker) = &mut self.worker
@@ -234,7 +300,7 @@ impl Sandbox {
                 .insert(Worker::spawn().map_err(SandboxError::Spawn)?),
         };
         let failed = |what: String| SandboxError::Failed(what);
-        let answer = protocol::send(worker.socket.as_fd(), request, Some(file))
+        let answer = protocol::send(worker.socket.as_fd(), request, file)
             .and_then(|()| protocol::recv::<Reply>(worker.socket.as_fd()));
         let result = match answer {
             Ok(Some((reply, _))) => Ok(reply),

@@ -44,6 +44,102 @@ pub enum Request {
     },
     /// The GNU build ID of an ELF file.
     BuildId,
+    /// Read the file's unwind tables and keep them for [`Request::Unwind`].
+    UnwindTables,
+    /// Unwind these stacks of one process (no file is passed).
+    Unwind {
+        /// The process's executable mappings whose files' tables were sent.
+        modules: Vec<ModuleRef>,
+        /// At most [`MAX_STACKS`].
+        stacks: Vec<StackCopy>,
+    },
+}
+
+/// The most stacks one [`Request::Unwind`] may carry (each up to 16 KiB,
+/// about 22 KiB as base64).
+pub const MAX_STACKS: usize = 256;
+/// The most modules one [`Request::Unwind`] may name.
+pub const MAX_MODULES: usize = 4_096;
+
+/// A file as it is now: the same inode rewritten is another file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: i64,
+}
+
+impl FileId {
+    /// The identity of the open file `fd`.
+    pub fn of(fd: BorrowedFd<'_>) -> Option<Self> {
+        let stat = rustix::fs::fstat(fd).ok()?;
+        Some(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: u64::try_from(stat.st_size).ok()?,
+            mtime: stat.st_mtime,
+            mtime_nsec: i64::try_from(stat.st_mtime_nsec).ok()?,
+        })
+    }
+}
+
+/// One executable mapping of a process, by the file it maps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleRef {
+    /// The file, whose tables were sent with [`Request::UnwindTables`].
+    pub file: FileId,
+    /// Start of the mapping.
+    pub start: u64,
+    /// End of the mapping.
+    pub end: u64,
+    /// Offset in the file of the mapping's start.
+    pub offset: u64,
+}
+
+/// A user stack as the sampler copied it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackCopy {
+    /// Instruction pointer.
+    pub ip: u64,
+    /// Stack pointer.
+    pub sp: u64,
+    /// Frame pointer.
+    pub bp: u64,
+    /// The user address of `bytes[0]`.
+    pub base: u64,
+    /// The stack's bytes.
+    #[serde(with = "base64_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// One unwound stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unwound {
+    /// The instruction pointer, then return addresses, leaf first.
+    pub addrs: Vec<u64>,
+    /// False when the walk stopped before the outermost frame.
+    pub complete: bool,
+}
+
+mod base64_bytes {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The sandbox's answer to one [`Request`].
@@ -54,6 +150,16 @@ pub enum Reply {
     Names(Vec<Option<String>>),
     /// The file's build ID in hex, if it has one.
     BuildId(Option<String>),
+    /// The unwind tables were read; whether the file keeps frame pointers.
+    UnwindTables {
+        /// See [`super::unwind::UnwindTables::frame_pointers`].
+        frame_pointers: bool,
+    },
+    /// One entry per stack asked for, in order.
+    Unwound(Vec<Unwound>),
+    /// These files' tables are not held (a new sandbox): send them and ask
+    /// again.
+    MissingTables(Vec<FileId>),
     /// The file could not be read.
     Failed(String),
 }

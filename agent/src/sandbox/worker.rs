@@ -6,7 +6,10 @@
 use std::{
     collections::HashMap,
     fs::File,
-    os::{fd::BorrowedFd, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, BorrowedFd},
+        unix::fs::MetadataExt as _,
+    },
     process::ExitCode,
     rc::Rc,
 };
@@ -16,9 +19,15 @@ use caps::CapSet;
 use super::{
     elf::SymbolTable,
     perfmap::PerfMap,
-    protocol::{self, MAX_ADDRS, Reply, Request},
+    protocol::{self, FileId, MAX_ADDRS, MAX_MODULES, MAX_STACKS, ModuleRef, Reply, Request},
     seccomp,
+    unwind::{self, MappedModule, UnwindTables},
 };
+
+/// Unwind tables kept between requests, up to this many bytes in all.
+const CACHE_UNWIND_BYTES: usize = 64 << 20;
+/// Modules (a file at an address) kept between requests.
+const CACHE_MODULES: usize = 16_384;
 
 /// Parsed symbol tables kept between requests, up to this many symbols in
 /// all (about 64 MiB, a quarter of the sandbox's address space): a host
@@ -59,9 +68,10 @@ pub fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reply = match fd {
-            None => Reply::Failed("no file was passed with the request".into()),
-            Some(fd) => answer(&mut cache, request, File::from(fd)),
+        let reply = match (request, fd) {
+            (Request::Unwind { modules, stacks }, _) => cache.unwind(&modules, &stacks),
+            (_, None) => Reply::Failed("no file was passed with the request".into()),
+            (request, Some(fd)) => answer(&mut cache, request, File::from(fd)),
         };
         if protocol::send(socket, &reply, None).is_err() {
             return ExitCode::FAILURE;
@@ -88,6 +98,12 @@ fn answer(cache: &mut Cache, request: Request, file: File) -> Reply {
             Ok(table) => Reply::BuildId(table.build_id.clone()),
             Err(err) => Reply::Failed(err),
         },
+        Request::UnwindTables => match cache.unwind_tables(&file) {
+            Ok(tables) => Reply::UnwindTables {
+                frame_pointers: tables.frame_pointers,
+            },
+            Err(err) => Reply::Failed(err),
+        },
         _ => Reply::Failed("too many addresses in one request".into()),
     }
 }
@@ -96,6 +112,10 @@ fn answer(cache: &mut Cache, request: Request, file: File) -> Reply {
 struct Cache {
     tables: HashMap<FileKey, Rc<SymbolTable>>,
     symbols: usize,
+    unwind_tables: HashMap<FileId, Rc<UnwindTables>>,
+    unwind_bytes: usize,
+    /// By file, start, end and offset.
+    modules: HashMap<(FileId, u64, u64, u64), MappedModule>,
 }
 
 impl Cache {
@@ -119,5 +139,57 @@ impl Cache {
         self.symbols += table.len();
         self.tables.insert(key, table.clone());
         Ok(table)
+    }
+
+    fn unwind_tables(&mut self, file: &File) -> Result<Rc<UnwindTables>, String> {
+        let id = FileId::of(file.as_fd()).ok_or("cannot stat the file")?;
+        if let Some(tables) = self.unwind_tables.get(&id) {
+            return Ok(tables.clone());
+        }
+        let tables = Rc::new(UnwindTables::read(file)?);
+        if self.unwind_bytes + tables.len() > CACHE_UNWIND_BYTES {
+            self.unwind_tables.clear();
+            self.modules.clear();
+            self.unwind_bytes = 0;
+        }
+        self.unwind_bytes += tables.len();
+        self.unwind_tables.insert(id, tables.clone());
+        Ok(tables)
+    }
+
+    /// Unwinds `stacks` through `modules`, or names the files whose tables
+    /// it lacks.
+    fn unwind(&mut self, modules: &[ModuleRef], stacks: &[protocol::StackCopy]) -> Reply {
+        if modules.len() > MAX_MODULES || stacks.len() > MAX_STACKS {
+            return Reply::Failed("too many modules or stacks in one request".into());
+        }
+        let mut missing: Vec<FileId> = modules
+            .iter()
+            .map(|m| m.file)
+            .filter(|id| !self.unwind_tables.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            missing.sort_unstable_by_key(|id| (id.dev, id.ino));
+            missing.dedup();
+            return Reply::MissingTables(missing);
+        }
+        if self.modules.len() > CACHE_MODULES {
+            self.modules.clear();
+        }
+        let mut found = Vec::with_capacity(modules.len());
+        for m in modules {
+            let key = (m.file, m.start, m.end, m.offset);
+            if let Some(module) = self.modules.get(&key) {
+                found.push(module.clone());
+            } else if let Some(module) = self
+                .unwind_tables
+                .get(&m.file)
+                .and_then(|t| t.module(m.start..m.end, m.offset))
+            {
+                self.modules.insert(key, module.clone());
+                found.push(module);
+            }
+        }
+        Reply::Unwound(unwind::unwind(&found, stacks))
     }
 }

@@ -14,7 +14,9 @@ use core::{ffi::c_void, ptr};
 
 use crate::maps::count;
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, pt_regs},
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
+    },
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
@@ -149,7 +151,17 @@ fn copy_user_stack(cgroup: u64, tgid: u32, kernel_stack: i32) -> bool {
             reserved: 0,
         });
     }
-    entry.submit(0);
+    // Wake the daemon only once the ring is half full: it drains on a
+    // timer as well, and a wakeup per sample would cost it a round trip
+    // to the sandbox per sample.
+    let flags = if PROFILE_USER_STACKS.query(u64::from(BPF_RB_AVAIL_DATA))
+        > u64::from(USER_STACKS_RING_BYTES / 2)
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
     true
 }
 

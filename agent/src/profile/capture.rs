@@ -180,8 +180,11 @@ impl Profiler {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(request.seconds);
             let _estimate = self.admission.sampling(deadline.into_std());
             let mut seen = HashSet::new();
+            let mut last_look = tokio::time::Instant::now();
             loop {
-                let tick = tokio::time::Instant::now() + Duration::from_millis(500);
+                // Copied stacks are drained at least this often (the
+                // kernel wakes us sooner only when its ring is half full).
+                let tick = tokio::time::Instant::now() + Duration::from_millis(100);
                 let pause = tokio::time::sleep_until(tick.min(deadline));
                 let copies = ring.copies();
                 let wake = async {
@@ -198,9 +201,11 @@ impl Profiler {
                 self.walk_by_frame_pointers(&symbolizer.walkable());
                 // Cache each new process's mappings while it is alive, so
                 // that one that exits before the end still symbolizes.
-                for tgid in self.sampled_processes() {
-                    if seen.insert(tgid) {
-                        symbolizer.cache(tgid);
+                if due(&mut last_look, Duration::from_millis(500)) {
+                    for tgid in self.sampled_processes() {
+                        if seen.insert(tgid) {
+                            symbolizer.cache(tgid);
+                        }
                     }
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -333,6 +338,16 @@ impl Profiler {
         }
         Ok(raw)
     }
+}
+
+/// Whether `every` has passed since `last`, which it then resets.
+fn due(last: &mut tokio::time::Instant, every: Duration) -> bool {
+    let now = tokio::time::Instant::now();
+    if now.duration_since(*last) < every {
+        return false;
+    }
+    *last = now;
+    true
 }
 
 /// The ring of copied stacks, lent to one capture and given back when it

@@ -199,44 +199,61 @@ fn keeps_frame_pointers(eh_frame: &Section, text: Option<Range<u64>>) -> bool {
     functions > 0 && with_rbp * 2 >= functions
 }
 
-/// Unwinds each copied stack through `modules` (the process's executable
-/// mappings). A stack that could not be followed to its root is marked
-/// incomplete: its last address is the last one that was sound.
-pub fn unwind(modules: &[MappedModule], stacks: &[StackCopy]) -> Vec<Unwound> {
-    let mut unwinder = UnwinderX86_64::new();
-    for module in modules {
-        unwinder.add_module(module.clone());
+/// An unwinder for one process's set of modules, with its cache of
+/// unwind rules: kept across requests, as one process is sampled many
+/// times with the same mappings.
+pub struct ProcessUnwinder {
+    unwinder: UnwinderX86_64<Bytes>,
+    cache: CacheX86_64,
+}
+
+impl ProcessUnwinder {
+    /// An unwinder for a process with these executable mappings.
+    pub fn new(modules: &[MappedModule]) -> Self {
+        let mut unwinder = UnwinderX86_64::new();
+        for module in modules {
+            unwinder.add_module(module.clone());
+        }
+        Self {
+            unwinder,
+            cache: CacheX86_64::new(),
+        }
     }
-    let mut cache = CacheX86_64::new();
-    stacks
-        .iter()
-        .map(|copy| {
-            let mut read = |addr: u64| -> Result<u64, ()> {
-                let from =
-                    usize::try_from(addr.checked_sub(copy.base).ok_or(())?).map_err(|_| ())?;
-                let word = copy
-                    .bytes
-                    .get(from..from.checked_add(8).ok_or(())?)
-                    .ok_or(())?;
-                Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
-            };
-            let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
-            let mut frames = unwinder.iter_frames(copy.ip, regs, &mut cache, &mut read);
-            let mut addrs = Vec::new();
-            let complete = loop {
-                if addrs.len() >= MAX_FRAMES {
-                    break false;
-                }
-                match frames.next() {
-                    Ok(Some(frame)) => addrs.push(frame.address()),
-                    // A null return address is how the outermost frame ends.
-                    Ok(None) | Err(UnwindError::ReturnAddressIsNull) => break true,
-                    Err(_) => break false,
-                }
-            };
-            Unwound { addrs, complete }
-        })
-        .collect()
+
+    /// Unwinds each copied stack. A stack that could not be followed to
+    /// its root is marked incomplete: its last address is the last one
+    /// that was sound.
+    pub fn unwind(&mut self, stacks: &[StackCopy]) -> Vec<Unwound> {
+        stacks.iter().map(|copy| self.unwind_one(copy)).collect()
+    }
+
+    fn unwind_one(&mut self, copy: &StackCopy) -> Unwound {
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            let from = usize::try_from(addr.checked_sub(copy.base).ok_or(())?).map_err(|_| ())?;
+            let word = copy
+                .bytes
+                .get(from..from.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        };
+        let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+        let mut frames = self
+            .unwinder
+            .iter_frames(copy.ip, regs, &mut self.cache, &mut read);
+        let mut addrs = Vec::new();
+        let complete = loop {
+            if addrs.len() >= MAX_FRAMES {
+                break false;
+            }
+            match frames.next() {
+                Ok(Some(frame)) => addrs.push(frame.address()),
+                // A null return address is how the outermost frame ends.
+                Ok(None) | Err(UnwindError::ReturnAddressIsNull) => break true,
+                Err(_) => break false,
+            }
+        };
+        Unwound { addrs, complete }
+    }
 }
 
 #[cfg(test)]
@@ -314,7 +331,7 @@ mod tests {
                 bytes: noise.clone(),
             })
             .collect();
-        for walked in unwind(&[module], &stacks) {
+        for walked in ProcessUnwinder::new(&[module]).unwind(&stacks) {
             assert!(walked.addrs.len() <= MAX_FRAMES);
             assert!(!walked.addrs.is_empty());
         }

@@ -21,13 +21,18 @@ use super::{
     perfmap::PerfMap,
     protocol::{self, FileId, MAX_ADDRS, MAX_MODULES, MAX_STACKS, ModuleRef, Reply, Request},
     seccomp,
-    unwind::{self, MappedModule, UnwindTables},
+    unwind::{MappedModule, ProcessUnwinder, UnwindTables},
 };
 
 /// Unwind tables kept between requests, up to this many bytes in all.
 const CACHE_UNWIND_BYTES: usize = 64 << 20;
 /// Modules (a file at an address) kept between requests.
 const CACHE_MODULES: usize = 16_384;
+/// Per-process unwinders kept between requests.
+const CACHE_UNWINDERS: usize = 1_024;
+
+/// A file mapped at an address: its identity, start, end and offset.
+type ModuleKey = (FileId, u64, u64, u64);
 
 /// Parsed symbol tables kept between requests, up to this many symbols in
 /// all (about 64 MiB, a quarter of the sandbox's address space): a host
@@ -114,8 +119,9 @@ struct Cache {
     symbols: usize,
     unwind_tables: HashMap<FileId, Rc<UnwindTables>>,
     unwind_bytes: usize,
-    /// By file, start, end and offset.
-    modules: HashMap<(FileId, u64, u64, u64), MappedModule>,
+    modules: HashMap<ModuleKey, MappedModule>,
+    /// By the process's modules.
+    unwinders: HashMap<Vec<ModuleKey>, ProcessUnwinder>,
 }
 
 impl Cache {
@@ -150,6 +156,7 @@ impl Cache {
         if self.unwind_bytes + tables.len() > CACHE_UNWIND_BYTES {
             self.unwind_tables.clear();
             self.modules.clear();
+            self.unwinders.clear();
             self.unwind_bytes = 0;
         }
         self.unwind_bytes += tables.len();
@@ -176,20 +183,33 @@ impl Cache {
         if self.modules.len() > CACHE_MODULES {
             self.modules.clear();
         }
-        let mut found = Vec::with_capacity(modules.len());
-        for m in modules {
-            let key = (m.file, m.start, m.end, m.offset);
-            if let Some(module) = self.modules.get(&key) {
-                found.push(module.clone());
-            } else if let Some(module) = self
-                .unwind_tables
-                .get(&m.file)
-                .and_then(|t| t.module(m.start..m.end, m.offset))
-            {
-                self.modules.insert(key, module.clone());
-                found.push(module);
-            }
+        if self.unwinders.len() > CACHE_UNWINDERS {
+            self.unwinders.clear();
         }
-        Reply::Unwound(unwind::unwind(&found, stacks))
+        let keys: Vec<ModuleKey> = modules
+            .iter()
+            .map(|m| (m.file, m.start, m.end, m.offset))
+            .collect();
+        if !self.unwinders.contains_key(&keys) {
+            let mut found = Vec::with_capacity(modules.len());
+            for key in &keys {
+                if let Some(module) = self.modules.get(key) {
+                    found.push(module.clone());
+                } else if let Some(module) = self
+                    .unwind_tables
+                    .get(&key.0)
+                    .and_then(|t| t.module(key.1..key.2, key.3))
+                {
+                    self.modules.insert(*key, module.clone());
+                    found.push(module);
+                }
+            }
+            self.unwinders
+                .insert(keys.clone(), ProcessUnwinder::new(&found));
+        }
+        match self.unwinders.get_mut(&keys) {
+            Some(unwinder) => Reply::Unwound(unwinder.unwind(stacks)),
+            None => Reply::Failed("no unwinder".into()),
+        }
     }
 }

@@ -6,6 +6,7 @@ mod daemon;
 mod per_cgroup;
 mod programs;
 mod report;
+mod sampler;
 mod workloads;
 
 use std::{process::Command, time::Duration};
@@ -27,6 +28,10 @@ pub struct BenchArgs {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: std::path::PathBuf,
+    /// Run only the sections whose name contains this (for example
+    /// `sampler`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// Run lengths.
@@ -85,21 +90,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("perf", "linux-perf"),
         ("fio", "fio"),
         ("wrk", "wrk"),
+        ("go", "golang-go"),
         ("losetup", "mount"),
     ])?;
     crate::run_checked(crate::cargo().args(["build", "--release", "--package", "hostscope"]))?;
 
     let plan = Plan::new(args.quick);
     let mut report = Report::new(args.quick)?;
-    {
+    let only = args.only.as_deref();
+    section(&mut report, only, "per-event cost", |r| {
         let _stats = BpfStats::enable()?;
-        section(&mut report, "per-event cost", |r| per_event_cost(r, &plan));
-    }
-    section(&mut report, "workload slowdown", |r| slowdown(r, &plan));
-    section(&mut report, "daemon", |r| daemon_costs(r, &plan));
-    section(&mut report, "per cgroup", |r| per_cgroup::costs(r, &plan));
-    section(&mut report, "profiling", |r| profiling(r, &plan));
-    section(&mut report, "off-CPU profiling", |r| offcpu_cost(r, &plan));
+        per_event_cost(r, &plan)
+    });
+    section(&mut report, only, "workload slowdown", |r| {
+        slowdown(r, &plan)
+    });
+    section(&mut report, only, "daemon", |r| daemon_costs(r, &plan));
+    section(&mut report, only, "per cgroup", |r| {
+        per_cgroup::costs(r, &plan)
+    });
+    section(&mut report, only, "profiling", |r| profiling(r, &plan));
+    section(&mut report, only, "CPU sampler", sampler::costs);
+    section(&mut report, only, "off-CPU profiling", |r| {
+        offcpu_cost(r, &plan)
+    });
 
     let markdown = report.markdown();
     println_table(&markdown);
@@ -115,7 +129,15 @@ fn println_table(markdown: &str) {
 }
 
 /// Runs one section; a failure becomes a row saying why, not an abort.
-fn section(report: &mut Report, name: &str, body: impl FnOnce(&mut Report) -> anyhow::Result<()>) {
+fn section(
+    report: &mut Report,
+    only: Option<&str>,
+    name: &str,
+    body: impl FnOnce(&mut Report) -> anyhow::Result<()>,
+) {
+    if only.is_some_and(|only| !name.contains(only)) {
+        return;
+    }
     eprintln!("xtask: bench: {name}");
     if let Err(err) = body(report) {
         eprintln!("xtask: bench: {name} failed: {err:#}");

@@ -75,8 +75,9 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     tracing::info!(
         stacks = profile.stacks.len(),
         dropped = profile.dropped,
-        "symbolized in {:.1} ms",
-        profile.symbolize_time.as_secs_f64() * 1e3
+        "last stacks unwound in {:.1} ms, symbolized in {:.1} ms",
+        profile.timings.unwinding.as_secs_f64() * 1e3,
+        profile.timings.symbolizing.as_secs_f64() * 1e3
     );
     let bytes = match args.format {
         ProfileFormat::Svg => profile::svg(&profile)?,

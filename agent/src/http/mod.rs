@@ -124,8 +124,9 @@ fn finish(
         kind = profile.request.kind.name(),
         stacks = profile.stacks.len(),
         dropped = profile.dropped,
-        "profile symbolized in {:.1} ms, rendered in {:.1} ms",
-        profile.symbolize_time.as_secs_f64() * 1e3,
+        "profile: last stacks unwound in {:.1} ms, symbolized in {:.1} ms, rendered in {:.1} ms",
+        profile.timings.unwinding.as_secs_f64() * 1e3,
+        profile.timings.symbolizing.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3
     );
     if profile.dropped > 0 {

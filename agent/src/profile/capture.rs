@@ -213,13 +213,14 @@ impl Profiler {
                 }
             }
         }
+        let ended = std::time::Instant::now();
         let copies = ring.drain();
         if !copies.is_empty() {
             symbolizer.unwind(copies);
         }
         drop(ring);
         let raw = self.read()?;
-        let symbolized = symbolizer.symbolize(raw, request);
+        let symbolized = symbolizer.symbolize(raw, request, ended);
         let mut profile = self.admission.unless_shutdown(symbolized).await??;
         if matches!(profile.request.kind, Kind::OffCpu { .. }) {
             profile.stacks = without_tracepoint_frames(std::mem::take(&mut profile.stacks));

@@ -426,8 +426,18 @@ pub struct Profile {
     pub request: Request,
     /// Samples (off CPU: blocks) lost to full maps or stack-map collisions.
     pub dropped: u64,
-    /// How long symbolization took.
-    pub symbolize_time: std::time::Duration,
+    /// Where the time went after sampling ended.
+    pub timings: Timings,
+}
+
+/// What happens between the end of sampling and a symbolized profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Detaching, reading the kernel's maps, and unwinding the last copied
+    /// stacks.
+    pub unwinding: std::time::Duration,
+    /// Naming every frame.
+    pub symbolizing: std::time::Duration,
 }
 
 #[cfg(test)]

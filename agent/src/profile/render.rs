@@ -367,7 +367,7 @@ mod tests {
                 group_by,
             },
             dropped: 0,
-            symbolize_time: std::time::Duration::ZERO,
+            timings: crate::profile::Timings::default(),
         }
     }
 

@@ -54,8 +54,8 @@ enum Job {
     /// Remember a live process's mappings and open its files, in case it
     /// exits before the end.
     Cache(u32),
-    /// Symbolize a finished capture.
-    Symbolize(Raw, Request, tokio::sync::oneshot::Sender<Profile>),
+    /// Symbolize a finished capture, whose sampling ended at the instant.
+    Symbolize(Raw, Request, Instant, tokio::sync::oneshot::Sender<Profile>),
 }
 
 /// Handle to the symbolization thread; the thread ends with the handle.
@@ -118,12 +118,18 @@ impl Worker {
         let _ = self.jobs.send(Job::Cache(tgid));
     }
 
-    /// Symbolizes `raw`, with the stacks unwound so far.
-    pub async fn symbolize(self, mut raw: Raw, request: Request) -> Result<Profile, ProfileError> {
+    /// Symbolizes `raw`, with the stacks unwound so far; sampling ended at
+    /// `ended`.
+    pub async fn symbolize(
+        self,
+        mut raw: Raw,
+        request: Request,
+        ended: Instant,
+    ) -> Result<Profile, ProfileError> {
         raw.dropped += self.dropped;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job::Symbolize(raw, request, reply))
+            .send(Job::Symbolize(raw, request, ended, reply))
             .map_err(|_| ProfileError::Failed("the symbolization thread is gone".into()))?;
         answer
             .await
@@ -161,7 +167,8 @@ fn run(
                 processes.cache(tgid);
                 cgroups.process(tgid);
             }
-            Job::Symbolize(mut raw, request, reply) => {
+            Job::Symbolize(mut raw, request, ended, reply) => {
+                let waited = ended.elapsed();
                 std::mem::take(&mut unwinding.counts).add_to(&mut raw);
                 // Processes that first ran after the last tick, if still alive.
                 for tgid in raw.comms.keys() {
@@ -172,7 +179,9 @@ fn run(
                 cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
                 sandbox.refresh();
-                let _ = reply.send(symbolize(&mut sandbox, &processes, &cgroups, raw, request));
+                let mut profile = symbolize(&mut sandbox, &processes, &cgroups, raw, request);
+                profile.timings.unwinding = waited;
+                let _ = reply.send(profile);
             }
         }
     }
@@ -462,7 +471,10 @@ fn symbolize(
         mappings: user.mappings,
         request,
         dropped: raw.dropped,
-        symbolize_time: started.elapsed(),
+        timings: super::Timings {
+            unwinding: Duration::ZERO,
+            symbolizing: started.elapsed(),
+        },
     }
 }
 

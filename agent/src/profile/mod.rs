@@ -7,6 +7,7 @@ mod capture;
 pub(crate) mod cgroups;
 mod files;
 mod kallsyms;
+mod mapped;
 mod pprof;
 pub(crate) mod procmaps;
 mod render;

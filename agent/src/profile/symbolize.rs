@@ -3,8 +3,9 @@
 //! here too ([`cgroups::Names`]), for the same reason.
 //!
 //! While the capture runs, each newly sampled process's executable
-//! mappings are read and their files opened ([`files`]): a process that
-//! exits before the end still resolves, because its files stay open. After
+//! mappings are read and their files opened ([`mapped`], on threads of
+//! their own): a process that exits before the end still resolves,
+//! because its files stay open. After
 //! the capture, every user address becomes (file, offset), each file is
 //! named once for all processes that map it by the sandbox
 //! ([`crate::sandbox`]), and kernel addresses are named from kallsyms.
@@ -27,8 +28,8 @@ use super::{
     Profile, ProfileError, Request, Stack,
     capture::Raw,
     cgroups::{self, CgroupFilter},
-    files,
     kallsyms::KernelSymbols,
+    mapped::{Read, Readers},
     printable,
     procmaps::{self, Mapping},
     unwound::{self, Copied, TRUNCATED},
@@ -38,9 +39,9 @@ use crate::sandbox::{FileId, ModuleRef, Sandbox, SandboxError, StackCopy};
 /// The most files one capture holds open, and at most a quarter of the
 /// soft open-file limit, so that connections and maps always have room.
 const MAX_OPEN_FILES: usize = 2048;
-/// The most executable mappings kept per process (a process can map the
-/// same file tens of thousands of times).
-const MAX_MAPPINGS: usize = 4096;
+/// How long, after sampling, the reads of processes' mappings still under
+/// way are waited for; processes not read by then keep no names.
+const READ_WAIT: Duration = Duration::from_secs(1);
 /// How long naming one capture's files may take in all; past it, the rest
 /// are named `file+0xOFFSET`.
 const BUDGET: Duration = Duration::from_secs(20);
@@ -56,6 +57,10 @@ enum Job {
     Cache(u32),
     /// Symbolize a finished capture, whose sampling ended at the instant.
     Symbolize(Raw, Request, Instant, tokio::sync::oneshot::Sender<Profile>),
+    /// A process's mappings, read.
+    Read(Read),
+    /// The capture was abandoned.
+    Stop,
 }
 
 /// Handle to the symbolization thread; the thread ends with the handle.
@@ -81,9 +86,18 @@ impl Worker {
             pending: pending.clone(),
             counts: unwound::Counts::default(),
         };
+        let reads = jobs.clone();
         std::thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || run(&queue, &sandbox, filter.as_ref(), unwinding))
+            .spawn(move || {
+                let readers = Readers::start(
+                    move |read| {
+                        let _ = reads.send(Job::Read(read));
+                    },
+                    max_open_files(),
+                );
+                run(&queue, &sandbox, &readers, filter.as_ref(), unwinding);
+            })
             .map_or_else(
                 |err| tracing::error!("cannot start the symbolization thread: {err}"),
                 drop,
@@ -137,6 +151,20 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Job::Stop);
+    }
+}
+
+/// The most files one capture holds open: [`MAX_OPEN_FILES`], and at most
+/// a quarter of the soft open-file limit, so that connections and maps
+/// always have room.
+fn max_open_files() -> usize {
+    let soft = crate::fd_limit::soft().unwrap_or(1024);
+    MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES))
+}
+
 /// The symbolization thread's side of unwinding.
 struct Unwinding {
     walkable: mpsc::Sender<u32>,
@@ -147,49 +175,119 @@ struct Unwinding {
 fn run(
     queue: &mpsc::Receiver<Job>,
     sandbox: &Mutex<Sandbox>,
+    readers: &Readers,
     filter: Option<&CgroupFilter>,
     mut unwinding: Unwinding,
 ) {
     let mut processes = Processes::default();
     let mut cgroups = cgroups::Names::start(filter);
-    for job in queue {
+    // Read while the capture runs: /proc/kallsyms takes ~80 ms of kernel
+    // time, which would otherwise come after it.
+    let kernel = std::thread::Builder::new()
+        .name("kallsyms".into())
+        .spawn(KernelSymbols::load);
+    while let Ok(job) = queue.recv() {
         match job {
             Job::Unwind(copies) => {
-                let n = copies.len();
-                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-                for tgid in unwind(&mut sandbox, &mut processes, &mut unwinding.counts, copies) {
-                    cgroups.process(tgid);
-                    let _ = unwinding.walkable.send(tgid);
+                let mut by_tgid: BTreeMap<u32, Vec<Copied>> = BTreeMap::new();
+                for copied in copies {
+                    by_tgid.entry(copied.tgid).or_default().push(copied);
                 }
-                unwinding.pending.fetch_sub(n, Ordering::Relaxed);
+                for (tgid, copies) in by_tgid {
+                    if processes.request(tgid, readers) {
+                        cgroups.process(tgid);
+                    }
+                    processes.parked.entry(tgid).or_default().extend(copies);
+                    unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
+                }
+            }
+            Job::Read(read) => {
+                let tgid = read.tgid;
+                processes.insert(read);
+                unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
             }
             Job::Cache(tgid) => {
-                processes.cache(tgid);
-                cgroups.process(tgid);
+                if processes.request(tgid, readers) {
+                    cgroups.process(tgid);
+                }
             }
             Job::Symbolize(mut raw, request, ended, reply) => {
+                // Processes that first ran after the last tick.
+                for tgid in raw.comms.keys() {
+                    if processes.request(*tgid, readers) {
+                        cgroups.process(*tgid);
+                    }
+                }
+                let deadline = Instant::now() + READ_WAIT;
+                while processes.reading() > 0 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Ok(Job::Read(read)) = queue.recv_timeout(left) else {
+                        break;
+                    };
+                    let tgid = read.tgid;
+                    processes.insert(read);
+                    unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
+                }
+                // Copies of processes still not read keep only their leaf.
+                for (_, copies) in processes.parked.drain() {
+                    for copied in &copies {
+                        unwinding.counts.add(copied, None);
+                    }
+                    unwinding.pending.fetch_sub(copies.len(), Ordering::Relaxed);
+                }
                 let waited = ended.elapsed();
                 std::mem::take(&mut unwinding.counts).add_to(&mut raw);
-                // Processes that first ran after the last tick, if still alive.
-                for tgid in raw.comms.keys() {
-                    processes.cache(*tgid);
-                    cgroups.process(*tgid);
-                }
                 // Cgroups created since the first walk.
                 cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
                 sandbox.refresh();
-                let mut profile = symbolize(&mut sandbox, &processes, &cgroups, raw, request);
+                let kernel = match kernel {
+                    Ok(loading) => loading.join().unwrap_or_default(),
+                    Err(_) => KernelSymbols::load(),
+                };
+                let mut profile =
+                    symbolize(&mut sandbox, &processes, &cgroups, &kernel, raw, request);
                 profile.timings.unwinding = waited;
                 let _ = reply.send(profile);
+                return;
             }
+            Job::Stop => return,
         }
     }
 }
 
+/// Unwinds and counts `tgid`'s parked copies, once its mappings are known
+/// (or known to be unreadable).
+fn unwind_parked(
+    sandbox: &Mutex<Sandbox>,
+    processes: &mut Processes,
+    unwinding: &mut Unwinding,
+    tgid: u32,
+) {
+    if !processes.by_tgid.contains_key(&tgid) && !processes.unreadable.contains(&tgid) {
+        return;
+    }
+    let Some(copies) = processes.parked.remove(&tgid) else {
+        return;
+    };
+    let n = copies.len();
+    let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+    if unwind(&mut sandbox, processes, &mut unwinding.counts, tgid, copies) {
+        let _ = unwinding.walkable.send(tgid);
+    }
+    unwinding.pending.fetch_sub(n, Ordering::Relaxed);
+}
+
 /// What a capture learned about the processes it sampled.
+#[derive(Default)]
 struct Processes {
     by_tgid: HashMap<u32, Process>,
+    /// Processes asked of the readers.
+    requested: HashSet<u32>,
+    /// Processes whose mappings could not be read (gone, not ours).
+    unreadable: HashSet<u32>,
+    /// Copied stacks waiting for their process's mappings.
+    parked: HashMap<u32, Vec<Copied>>,
     /// Open files, each once however many processes map it.
     files: Vec<OwnedFd>,
     by_inode: HashMap<(u64, u64), usize>,
@@ -203,24 +301,6 @@ struct Processes {
     frame_pointers: HashMap<usize, bool>,
     /// Processes already reported as walkable.
     classified: HashSet<u32>,
-    /// How many files may be open at once.
-    max_files: usize,
-}
-
-impl Default for Processes {
-    fn default() -> Self {
-        let soft = crate::fd_limit::soft().unwrap_or(1024);
-        Self {
-            by_tgid: HashMap::new(),
-            files: Vec::new(),
-            by_inode: HashMap::new(),
-            by_mapping: HashMap::new(),
-            ids: Vec::new(),
-            frame_pointers: HashMap::new(),
-            classified: HashSet::new(),
-            max_files: MAX_OPEN_FILES.min(usize::try_from(soft / 4).unwrap_or(MAX_OPEN_FILES)),
-        }
-    }
 }
 
 struct Process {
@@ -231,141 +311,145 @@ struct Process {
 }
 
 impl Processes {
-    fn cache(&mut self, tgid: u32) {
-        if self.by_tgid.contains_key(&tgid) {
-            return;
+    /// Asks the readers for `tgid`'s mappings, unless they were asked
+    /// already; whether this is the first time.
+    fn request(&mut self, tgid: u32, readers: &Readers) -> bool {
+        let first = self.requested.insert(tgid);
+        if first {
+            readers.read(tgid);
         }
-        let mappings = match procmaps::read(tgid) {
-            Ok(mut mappings) => {
-                mappings.truncate(MAX_MAPPINGS);
-                mappings
-            }
-            Err(err) => {
-                tracing::debug!(tgid, "cannot read its mappings: {err}");
-                return;
-            }
+        first
+    }
+
+    /// Reads asked for and not yet answered.
+    fn reading(&self) -> usize {
+        self.requested.len() - self.by_tgid.len() - self.unreadable.len()
+    }
+
+    fn insert(&mut self, read: Read) {
+        let Some(process) = read.process else {
+            self.unreadable.insert(read.tgid);
+            return;
         };
-        let files = mappings.iter().map(|m| self.open(tgid, m)).collect();
-        let perf_map = files::open_perf_map(tgid).unwrap_or_else(|err| {
-            tracing::debug!(tgid, "perf map not used: {err}");
-            None
-        });
+        let files = process
+            .mappings
+            .iter()
+            .zip(process.files)
+            .map(|(mapping, fd)| {
+                let index = self.add_file(fd?)?;
+                self.by_mapping
+                    .insert((mapping.device, mapping.inode), index);
+                Some(index)
+            })
+            .collect();
         self.by_tgid.insert(
-            tgid,
+            read.tgid,
             Process {
-                mappings,
+                mappings: process.mappings,
                 files,
-                perf_map,
+                perf_map: process.perf_map,
             },
         );
     }
 
-    fn open(&mut self, tgid: u32, mapping: &Mapping) -> Option<usize> {
-        if !mapping.is_file() {
-            return None;
-        }
-        if let Some(index) = self.by_mapping.get(&(mapping.device, mapping.inode)) {
-            return Some(*index);
-        }
-        if self.files.len() >= self.max_files {
-            return None;
-        }
-        let fd = files::open_mapping(tgid, mapping)
-            .map_err(|err| tracing::debug!(tgid, "{}: {err}", mapping.module_name()))
-            .ok()?;
+    /// Keeps `fd` unless the same file is open already; its index.
+    fn add_file(&mut self, fd: OwnedFd) -> Option<usize> {
         let stat = rustix::fs::fstat(&fd).ok()?;
-        let index = *self
-            .by_inode
-            .entry((stat.st_dev, stat.st_ino))
-            .or_insert_with(|| {
-                self.ids.push(FileId::of(fd.as_fd()));
-                self.files.push(fd);
-                self.files.len() - 1
-            });
-        self.by_mapping
-            .insert((mapping.device, mapping.inode), index);
-        Some(index)
+        Some(
+            *self
+                .by_inode
+                .entry((stat.st_dev, stat.st_ino))
+                .or_insert_with(|| {
+                    self.ids.push(FileId::of(fd.as_fd()));
+                    self.files.push(fd);
+                    self.files.len() - 1
+                }),
+        )
+    }
+
+    /// The open file behind `process`'s `i`th mapping: opened by its own
+    /// read, or by another process's read of the same file.
+    fn file_of(&self, process: &Process, i: usize) -> Option<usize> {
+        process.files.get(i).copied().flatten().or_else(|| {
+            let mapping = process.mappings.get(i).filter(|m| m.is_file())?;
+            self.by_mapping
+                .get(&(mapping.device, mapping.inode))
+                .copied()
+        })
     }
 }
 
-/// Unwinds `copies` in the sandbox and counts them. Returns the sampled
-/// processes that first turned out to keep frame pointers in every module
-/// (or to have no user memory: kernel threads), which the kernel may walk.
+/// Unwinds `tgid`'s `copies` in the sandbox and counts them. True if the
+/// process first turned out to keep frame pointers in every module (or to
+/// have no user memory: kernel threads): the kernel may walk it.
 fn unwind(
     sandbox: &mut Sandbox,
     processes: &mut Processes,
     counts: &mut unwound::Counts,
-    copies: Vec<Copied>,
-) -> Vec<u32> {
-    let mut by_tgid: BTreeMap<u32, Vec<Copied>> = BTreeMap::new();
-    for copied in copies {
-        by_tgid.entry(copied.tgid).or_default().push(copied);
-    }
-    let mut walkable = Vec::new();
-    for (tgid, mut copies) in by_tgid {
-        processes.cache(tgid);
-        let Some(process) = processes.by_tgid.get(&tgid) else {
-            // Gone before it could be read: its stacks cannot be walked.
-            for copied in &copies {
-                counts.add(copied, None);
-            }
-            continue;
-        };
-        let mut modules = Vec::new();
-        let mut all_keep_frame_pointers = true;
-        for (mapping, file) in process.mappings.iter().zip(&process.files) {
-            let Some((file, Some(id))) = file.and_then(|f| Some((f, *processes.ids.get(f)?)))
-            else {
-                continue;
-            };
-            let keeps = *processes.frame_pointers.entry(file).or_insert_with(|| {
-                let fd = processes.files.get(file).map(OwnedFd::as_fd);
-                fd.is_some_and(|fd| {
-                    sandbox.unwind_tables(fd).unwrap_or_else(|err| {
-                        log_unwind_failure(tgid, &err);
-                        false
-                    })
-                })
-            });
-            all_keep_frame_pointers &= keeps;
-            modules.push(ModuleRef {
-                file: id,
-                start: mapping.start,
-                end: mapping.end,
-                offset: mapping.offset,
-            });
-        }
-        if all_keep_frame_pointers && processes.classified.insert(tgid) {
-            walkable.push(tgid);
-        }
-        let (mut walk, none): (Vec<&mut Copied>, Vec<&mut Copied>) =
-            copies.iter_mut().partition(|c| !c.stack.bytes.is_empty());
-        for copied in none {
+    tgid: u32,
+    mut copies: Vec<Copied>,
+) -> bool {
+    let Some(process) = processes.by_tgid.get(&tgid) else {
+        // Gone before it could be read: its stacks cannot be walked.
+        for copied in &copies {
             counts.add(copied, None);
         }
-        let stacks: Vec<StackCopy> = walk
-            .iter_mut()
-            .map(|c| StackCopy {
-                bytes: std::mem::take(&mut c.stack.bytes),
-                ..c.stack.clone()
-            })
-            .collect();
-        let (ids, files) = (&processes.ids, &processes.files);
-        let open = |id: &FileId| {
-            let index = ids.iter().position(|known| known.as_ref() == Some(id))?;
-            files.get(index).map(OwnedFd::as_fd)
+        return false;
+    };
+    let mut modules = Vec::new();
+    let mut all_keep_frame_pointers = true;
+    for (i, mapping) in process.mappings.iter().enumerate() {
+        let Some((file, Some(id))) = processes
+            .file_of(process, i)
+            .and_then(|f| Some((f, *processes.ids.get(f)?)))
+        else {
+            continue;
         };
-        match sandbox.unwind(&modules, &stacks, open) {
-            Ok(unwound) => {
-                for (copied, unwound) in walk.iter().zip(unwound) {
-                    counts.add(copied, Some(unwound));
-                }
+        let keeps = *processes.frame_pointers.entry(file).or_insert_with(|| {
+            let fd = processes.files.get(file).map(OwnedFd::as_fd);
+            fd.is_some_and(|fd| {
+                sandbox.unwind_tables(fd).unwrap_or_else(|err| {
+                    log_unwind_failure(tgid, &err);
+                    false
+                })
+            })
+        });
+        all_keep_frame_pointers &= keeps;
+        modules.push(ModuleRef {
+            file: id,
+            start: mapping.start,
+            end: mapping.end,
+            offset: mapping.offset,
+        });
+    }
+    let walkable = all_keep_frame_pointers && processes.classified.insert(tgid);
+    let (mut walk, none): (Vec<&mut Copied>, Vec<&mut Copied>) =
+        copies.iter_mut().partition(|c| !c.stack.bytes.is_empty());
+    for copied in none {
+        counts.add(copied, None);
+    }
+    let stacks: Vec<StackCopy> = walk
+        .iter_mut()
+        .map(|c| StackCopy {
+            bytes: std::mem::take(&mut c.stack.bytes),
+            ..c.stack.clone()
+        })
+        .collect();
+    let (ids, files) = (&processes.ids, &processes.files);
+    let open = |id: &FileId| {
+        let index = ids.iter().position(|known| known.as_ref() == Some(id))?;
+        files.get(index).map(OwnedFd::as_fd)
+    };
+    match sandbox.unwind(&modules, &stacks, open) {
+        Ok(unwound) => {
+            for (copied, unwound) in walk.iter().zip(unwound) {
+                counts.add(copied, Some(unwound));
             }
-            Err(err) => {
-                log_unwind_failure(tgid, &err);
-                for copied in &walk {
-                    counts.add(copied, None);
-                }
+        }
+        Err(err) => {
+            log_unwind_failure(tgid, &err);
+            for copied in &walk {
+                counts.add(copied, None);
             }
         }
     }
@@ -392,16 +476,13 @@ fn symbolize(
     sandbox: &mut Sandbox,
     processes: &Processes,
     cgroups: &cgroups::Names,
+    kernel: &KernelSymbols,
     raw: Raw,
     request: Request,
 ) -> Profile {
     let started = Instant::now();
-    let mut kernel_addrs = Vec::new();
     let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (key, _) in &raw.counts {
-        if let Some(ips) = stack(&raw, key.kernel_stack) {
-            kernel_addrs.extend(call_sites(ips));
-        }
         if let Some((ips, _)) = user_stack(&raw, key.user_stack) {
             user_addrs
                 .entry(key.tgid)
@@ -409,11 +490,6 @@ fn symbolize(
                 .extend(call_sites(ips));
         }
     }
-    let kernel = if kernel_addrs.is_empty() {
-        KernelSymbols::default()
-    } else {
-        KernelSymbols::load()
-    };
     let user = user_names(sandbox, processes, user_addrs, started);
 
     // Stacks that differ only in addresses within the same functions read
@@ -531,7 +607,7 @@ fn user_names(
                             )),
                             build_id: None,
                         });
-                        file_of_mapping.push(process.files.get(i).copied().flatten());
+                        file_of_mapping.push(processes.file_of(process, i));
                         mappings.len() - 1
                     });
                     mapping_of.insert((tgid, addr), index);
@@ -541,7 +617,7 @@ fn user_names(
                         addr,
                         fallback,
                     };
-                    match process.files.get(i).copied().flatten() {
+                    match processes.file_of(process, i) {
                         Some(file) => by_file.entry(file).or_default().push((offset, place)),
                         None => {
                             names.insert((tgid, addr), place.fallback);

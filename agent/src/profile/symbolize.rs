@@ -502,10 +502,6 @@ fn symbolize(
         let mut addresses = Vec::new();
         // Outermost caller first: user frames, then the kernel's.
         if let Some((ips, truncated)) = user_stack(&raw, key.user_stack) {
-            if truncated {
-                frames.push("[truncated]".to_owned());
-                addresses.push(None);
-            }
             for addr in call_sites(ips).rev() {
                 frames.push(
                     user.names
@@ -514,6 +510,13 @@ fn symbolize(
                         .unwrap_or_else(|| "[unknown]".to_owned()),
                 );
                 addresses.push(user.mapping_of.get(&(key.tgid, addr)).map(|m| (*m, addr)));
+            }
+            let at_root = frames
+                .first()
+                .is_some_and(|f| STACK_ROOTS.contains(&f.as_str()));
+            if truncated && !at_root {
+                frames.insert(0, "[truncated]".to_owned());
+                addresses.insert(0, None);
             }
         }
         if let Some(ips) = stack(&raw, key.kernel_stack) {
@@ -731,6 +734,12 @@ fn ask(
 fn stack(raw: &Raw, id: i32) -> Option<&Vec<u64>> {
     u32::try_from(id).ok().and_then(|id| raw.stacks.get(&id))
 }
+
+/// Functions that start a stack: a walk that stops past one of them has
+/// not lost anything. Go's goroutines start in `runtime.goexit` (a fake
+/// return address) and its system stacks in `runtime.mstart`; the frame
+/// pointer found there points anywhere.
+const STACK_ROOTS: [&str; 3] = ["runtime.goexit", "runtime.mstart", "runtime.rt0_go"];
 
 /// A user stack's addresses, and whether its walk stopped short (the
 /// [`TRUNCATED`] mark, which is not an address, is left out).

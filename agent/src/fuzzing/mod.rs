@@ -15,6 +15,7 @@ mod btf;
 mod cgroup;
 mod profile_query;
 mod symbols;
+mod unwind;
 
 pub use alloc::PeakAlloc;
 
@@ -85,6 +86,14 @@ pub const TARGETS: &[Target] = &[
         // Tables are read whole (at most the file), names copied once, a
         // demangled name at a time.
         bytes_per_input_byte: 8,
+        bytes_overhead: 1 << 20,
+    },
+    Target {
+        name: "unwind",
+        check: unwind::check,
+        // The sections are copied once (at most the file), the stack once
+        // per walk, and framehop indexes FDEs of a table without a header.
+        bytes_per_input_byte: 80,
         bytes_overhead: 1 << 20,
     },
 ];

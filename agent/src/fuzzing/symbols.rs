@@ -91,7 +91,7 @@ fn numbers(data: &[u8]) -> impl Iterator<Item = u64> + '_ {
 }
 
 /// `data` as a file with no name, as the sandbox receives one.
-fn memory_file(data: &[u8]) -> std::io::Result<File> {
+pub(super) fn memory_file(data: &[u8]) -> std::io::Result<File> {
     let fd = rustix::fs::memfd_create("fuzz", rustix::fs::MemfdFlags::CLOEXEC)?;
     let mut file = File::from(fd);
     file.write_all(data)?;
@@ -119,8 +119,10 @@ pub(super) fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ];
     if let Some(elf) = tiny_elf() {
-        seeds.push(("elf", elf.get(..elf.len() / 2).unwrap_or(&elf).to_vec()));
-        seeds.push(("elf", elf));
+        for target in ["elf", "unwind"] {
+            seeds.push((target, elf.get(..elf.len() / 2).unwrap_or(&elf).to_vec()));
+            seeds.push((target, elf.clone()));
+        }
     }
     seeds
 }

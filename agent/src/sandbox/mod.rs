@@ -20,7 +20,7 @@ pub(crate) mod gopclntab;
 pub(crate) mod perfmap;
 mod protocol;
 mod seccomp;
-mod unwind;
+pub(crate) mod unwind;
 pub mod worker;
 
 use std::{
@@ -43,6 +43,7 @@ use rustix::{
 pub use elf::truncate;
 pub use protocol::{FileId, ModuleRef, StackCopy, Unwound};
 use protocol::{MAX_ADDRS, MAX_STACKS, Reply, Request};
+pub(crate) use unwind::{MAX_FRAMES, ProcessUnwinder, UnwindTables};
 
 /// The hidden subcommand that runs the sandbox.
 pub const SUBCOMMAND: &str = "__symbolize-sandbox";

@@ -301,6 +301,8 @@ struct Processes {
     frame_pointers: HashMap<usize, bool>,
     /// Processes already reported as walkable.
     classified: HashSet<u32>,
+    /// Processes whose stacks made the sandbox fail.
+    unwind_failed: HashSet<u32>,
 }
 
 struct Process {
@@ -389,8 +391,13 @@ fn unwind(
     tgid: u32,
     mut copies: Vec<Copied>,
 ) -> bool {
-    let Some(process) = processes.by_tgid.get(&tgid) else {
-        // Gone before it could be read: its stacks cannot be walked.
+    let process = processes
+        .by_tgid
+        .get(&tgid)
+        .filter(|_| !processes.unwind_failed.contains(&tgid));
+    let Some(process) = process else {
+        // Gone before it could be read, or its tables made the sandbox
+        // fail: its stacks keep their leaf.
         for copied in &copies {
             counts.add(copied, None);
         }
@@ -448,6 +455,12 @@ fn unwind(
         }
         Err(err) => {
             log_unwind_failure(tgid, &err);
+            // A file whose tables crash or hang the sandbox is not sent
+            // again (`Sandbox` quarantines it); a process whose stacks did
+            // is not unwound again in this capture.
+            if matches!(err, SandboxError::Failed(_)) {
+                processes.unwind_failed.insert(tgid);
+            }
             for copied in &walk {
                 counts.add(copied, None);
             }

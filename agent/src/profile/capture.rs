@@ -230,6 +230,9 @@ impl Profiler {
 
     /// Lets the kernel walk these processes' stacks itself.
     fn walk_by_frame_pointers(&self, tgids: &[u32]) {
+        if tgids.is_empty() {
+            return;
+        }
         let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         for tgid in tgids {
             // A full map only costs the copy.

@@ -53,9 +53,9 @@ impl Copied {
             .sp
             .checked_sub(header.stack_base)
             .and_then(|s| usize::try_from(s).ok());
-        let (base, bytes) = match skip.and_then(|s| copied.get(s..)) {
-            Some(live) if header.ip != 0 => (header.sp, live.to_vec()),
-            _ => (header.sp, Vec::new()),
+        let bytes = match skip.and_then(|s| copied.get(s..)) {
+            Some(live) if header.ip != 0 => live.to_vec(),
+            _ => Vec::new(),
         };
         Some(Self {
             cgroup: header.cgroup,
@@ -65,7 +65,7 @@ impl Copied {
                 ip: header.ip,
                 sp: header.sp,
                 bp: header.bp,
-                base,
+                base: header.sp,
                 bytes,
             },
         })

@@ -163,10 +163,8 @@ impl Sandbox {
             ));
         }
         let answer = self.exchange(Some(file), &Request::UnwindTables);
-        if let (Err(SandboxError::Failed(_)), Some(key)) = (&answer, file_key(file))
-            && self.failures.len() < QUARANTINE_MAX
-        {
-            *self.failures.entry(key).or_default() += 1;
+        if let Err(err) = &answer {
+            self.strike(err, file_key(file));
         }
         match answer? {
             Reply::UnwindTables { frame_pointers } => Ok(frame_pointers),
@@ -222,6 +220,16 @@ impl Sandbox {
         SandboxError::Failed(format!("a wrong kind of answer to {request}"))
     }
 
+    /// Counts a failure of the sandbox (not of the file alone) against the
+    /// file it was reading.
+    fn strike(&mut self, err: &SandboxError, key: Option<FileKey>) {
+        if let (SandboxError::Failed(_), Some(key)) = (err, key)
+            && self.failures.len() < QUARANTINE_MAX
+        {
+            *self.failures.entry(key).or_default() += 1;
+        }
+    }
+
     /// Whether `file` made the sandbox fail too often to be read again.
     fn quarantined(&self, file: BorrowedFd<'_>) -> bool {
         file_key(file)
@@ -246,11 +254,7 @@ impl Sandbox {
             match self.ask(file, request(chunk.to_vec()), chunk.len()) {
                 Ok(found) => names.extend(found),
                 Err(err) => {
-                    if let (SandboxError::Failed(_), Some(key)) = (&err, key)
-                        && self.failures.len() < QUARANTINE_MAX
-                    {
-                        *self.failures.entry(key).or_default() += 1;
-                    }
+                    self.strike(&err, key);
                     return Err(err);
                 }
             }

@@ -35,16 +35,19 @@ fn runq(daemon: &Daemon) -> HistogramSample {
 /// count and sum over that window must match what the kernel accounted for
 /// every thread on the system over the same window.
 ///
-/// Tolerances: count within 2% and sum within 3%. The two sides observe the
-/// same switches, but (a) the kernel starts a wait at enqueue while the probe
-/// starts it at the sched_wakeup tracepoint a few hundred ns later, and uses
-/// the rq clock rather than the monotonic clock; (b) threads that exit
-/// during the window vanish from /proc, and the test's own reads of /proc and
-/// the scrape run just outside one window or the other. On a quiet machine
-/// both effects stay well under 1% (the numbers are printed below); the
-/// margin absorbs background activity without hiding a real miscount, which
-/// would be off by whole classes of events (a missed requeue path alone is
-/// over half of this workload's waits).
+/// Tolerances: count within 2%; sum within 3% plus 1.5 us per wait. The two
+/// sides observe the same switches, but (a) the kernel starts a wait at
+/// enqueue and ends it with the rq clock read at the top of `__schedule`,
+/// while the probe reads the monotonic clock at the sched_wakeup and
+/// sched_switch tracepoints. That skews every wait by a roughly constant
+/// amount whose sign and size depend on the machine: +0.3 us per wait on the
+/// development VM, -1.2 us on a CI VM (where the ping-pong's ~340k waits of
+/// ~5 us each made the sums differ by 5.3%). (b) Threads that exit during the
+/// window vanish from /proc, and the test's own reads of /proc and the scrape
+/// run just outside one window or the other. The margin absorbs both without
+/// hiding a real miscount: a missed requeue path loses the spinners' ~6 s of
+/// waiting, a stale start stamp adds milliseconds to a wait, and a unit slip
+/// is a factor of 1000.
 #[test]
 fn histogram_matches_schedstat_of_all_threads() {
     let daemon = Daemon::start("sched");
@@ -80,8 +83,21 @@ fn histogram_matches_schedstat_of_all_threads() {
         "the pinned threads waited only {workload_wait} ns; is CPU 0 online?"
     );
     assert_close("waits counted", count, kernel.timeslices as f64, 0.02);
-    assert_close("total wait (ns)", sum_ns, kernel.run_delay_ns as f64, 0.03);
+    let kernel_ns = kernel.run_delay_ns as f64;
+    let allowed_ns = 0.03 * kernel_ns + PER_WAIT_SKEW_NS * kernel.timeslices as f64;
+    assert!(
+        (sum_ns - kernel_ns).abs() <= allowed_ns,
+        "total wait: probes {sum_ns:.0} ns, kernel {kernel_ns:.0} ns; allowed difference \
+         {allowed_ns:.0} ns (3% plus {PER_WAIT_SKEW_NS} ns per wait), off by {:.0} ns \
+         ({:.0} ns per wait)",
+        (sum_ns - kernel_ns).abs(),
+        (sum_ns - kernel_ns) / count.max(1.0),
+    );
 }
+
+/// How far the probe's and the kernel's clocks may disagree about one wait;
+/// see [`histogram_matches_schedstat_of_all_threads`].
+const PER_WAIT_SKEW_NS: f64 = 1500.0;
 
 /// The exported histogram is well formed: cumulative buckets never decrease,
 /// `+Inf` equals `_count`, and there are at least 4 buckets per power of two

@@ -15,7 +15,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -34,14 +34,19 @@ use super::{
     procmaps::{self, Mapping},
     unwound::{self, Copied, TRUNCATED},
 };
-use crate::sandbox::{FileId, ModuleRef, Sandbox, SandboxError, StackCopy};
+use crate::sandbox::{FileId, ModuleRef, ProcessStacks, Sandbox, SandboxError, StackCopy, Unwound};
 
 /// The most files one capture holds open, and at most a quarter of the
 /// soft open-file limit, so that connections and maps always have room.
 const MAX_OPEN_FILES: usize = 2048;
 /// How long, after sampling, the reads of processes' mappings still under
-/// way are waited for; processes not read by then keep no names.
-const READ_WAIT: Duration = Duration::from_secs(1);
+/// way are waited for; processes not read by then keep no names. The reads
+/// still under way then are of processes first sampled in the capture's
+/// last moments, and on a busy host those are mostly starting up: a
+/// nice-19 shell preempted in exec or mmap holds its memory-map lock, and
+/// with 300 busy processes its read took 150-900 ms here. Waiting for them
+/// would trade the whole graph's latency for a handful of samples.
+const READ_WAIT: Duration = Duration::from_millis(100);
 /// How long naming one capture's files may take in all; past it, the rest
 /// are named `file+0xOFFSET`.
 const BUDGET: Duration = Duration::from_secs(20);
@@ -193,18 +198,23 @@ fn run(
                 for copied in copies {
                     by_tgid.entry(copied.tgid).or_default().push(copied);
                 }
+                let tgids: Vec<u32> = by_tgid.keys().copied().collect();
                 for (tgid, copies) in by_tgid {
                     if processes.request(tgid, readers) {
                         cgroups.process(tgid);
                     }
                     processes.parked.entry(tgid).or_default().extend(copies);
-                    unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
                 }
+                unwind_parked(sandbox, &mut processes, &mut unwinding, &tgids);
             }
             Job::Read(read) => {
                 let tgid = read.tgid;
                 processes.insert(read);
-                unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
+                unwind_parked(sandbox, &mut processes, &mut unwinding, &[tgid]);
+                // Idle while sampling: read the new files' symbol tables
+                // now rather than after it.
+                let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+                processes.learn_build_ids(&mut sandbox);
             }
             Job::Cache(tgid) => {
                 if processes.request(tgid, readers) {
@@ -226,7 +236,15 @@ fn run(
                     };
                     let tgid = read.tgid;
                     processes.insert(read);
-                    unwind_parked(sandbox, &mut processes, &mut unwinding, tgid);
+                    unwind_parked(sandbox, &mut processes, &mut unwinding, &[tgid]);
+                }
+                if processes.reading() > 0 {
+                    tracing::info!(
+                        "{} processes' mappings were still being read {} ms after sampling; \
+                         their stacks are not named",
+                        processes.reading(),
+                        READ_WAIT.as_millis()
+                    );
                 }
                 // Copies of processes still not read keep only their leaf.
                 for (_, copies) in processes.parked.drain() {
@@ -256,23 +274,25 @@ fn run(
     }
 }
 
-/// Unwinds and counts `tgid`'s parked copies, once its mappings are known
-/// (or known to be unreadable).
+/// Unwinds and counts the parked copies of those of `tgids` whose
+/// mappings are known (or known to be unreadable), in one batch.
 fn unwind_parked(
     sandbox: &Mutex<Sandbox>,
     processes: &mut Processes,
     unwinding: &mut Unwinding,
-    tgid: u32,
+    tgids: &[u32],
 ) {
-    if !processes.by_tgid.contains_key(&tgid) && !processes.unreadable.contains(&tgid) {
+    let ready: Vec<(u32, Vec<Copied>)> = tgids
+        .iter()
+        .filter(|t| processes.by_tgid.contains_key(t) || processes.unreadable.contains(t))
+        .filter_map(|t| Some((*t, processes.parked.remove(t)?)))
+        .collect();
+    if ready.is_empty() {
         return;
     }
-    let Some(copies) = processes.parked.remove(&tgid) else {
-        return;
-    };
-    let n = copies.len();
+    let n = ready.iter().map(|(_, copies)| copies.len()).sum();
     let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-    if unwind(&mut sandbox, processes, &mut unwinding.counts, tgid, copies) {
+    for tgid in unwind(&mut sandbox, processes, &mut unwinding.counts, ready) {
         let _ = unwinding.walkable.send(tgid);
     }
     unwinding.pending.fetch_sub(n, Ordering::Relaxed);
@@ -303,6 +323,9 @@ struct Processes {
     classified: HashSet<u32>,
     /// Processes whose stacks made the sandbox fail.
     unwind_failed: HashSet<u32>,
+    /// Each file's build ID, once asked (which also has the sandbox parse
+    /// and keep its symbol table).
+    build_ids: HashMap<usize, Option<String>>,
 }
 
 struct Process {
@@ -354,6 +377,17 @@ impl Processes {
         );
     }
 
+    /// Asks the build ID of each file opened since the last call: while
+    /// sampling, so that naming after it finds the sandbox's symbol tables
+    /// parsed.
+    fn learn_build_ids(&mut self, sandbox: &mut Sandbox) {
+        for (file, fd) in self.files.iter().enumerate() {
+            self.build_ids
+                .entry(file)
+                .or_insert_with(|| build_id(sandbox, fd.as_fd()));
+        }
+    }
+
     /// Keeps `fd` unless the same file is open already; its index.
     fn add_file(&mut self, fd: OwnedFd) -> Option<usize> {
         let stat = rustix::fs::fstat(&fd).ok()?;
@@ -381,28 +415,130 @@ impl Processes {
     }
 }
 
-/// Unwinds `tgid`'s `copies` in the sandbox and counts them. True if the
-/// process first turned out to keep frame pointers in every module (or to
-/// have no user memory: kernel threads): the kernel may walk it.
+/// Unwinds each process's copies in the sandbox, all in one exchange,
+/// and counts them. Returns the processes that first turned out to keep
+/// frame pointers in every module (or to have no user memory: kernel
+/// threads): the kernel may walk them.
 fn unwind(
     sandbox: &mut Sandbox,
     processes: &mut Processes,
     counts: &mut unwound::Counts,
+    batch: Vec<(u32, Vec<Copied>)>,
+) -> Vec<u32> {
+    let mut walkable = Vec::new();
+    let mut asked: Vec<(u32, Vec<Copied>)> = Vec::new();
+    let mut requests: Vec<ProcessStacks> = Vec::new();
+    for (tgid, mut copies) in batch {
+        let Some(modules) = modules(sandbox, processes, tgid, &mut walkable) else {
+            // Gone before it could be read, or its stacks made the sandbox
+            // fail: its stacks keep their leaf.
+            for copied in &copies {
+                counts.add(copied, None);
+            }
+            continue;
+        };
+        let (mut walk, none): (Vec<Copied>, Vec<Copied>) =
+            copies.drain(..).partition(|c| !c.stack.bytes.is_empty());
+        for copied in &none {
+            counts.add(copied, None);
+        }
+        let stacks = walk
+            .iter_mut()
+            .map(|c| StackCopy {
+                bytes: std::mem::take(&mut c.stack.bytes),
+                ..c.stack.clone()
+            })
+            .collect();
+        requests.push(ProcessStacks { modules, stacks });
+        asked.push((tgid, walk));
+    }
+    if requests.is_empty() {
+        return walkable;
+    }
+    let answer = unwind_files(sandbox, processes, &requests);
+    match answer {
+        Ok(unwound) => count(counts, &asked, unwound),
+        // One process's stacks may have made the sandbox fail: each is
+        // tried alone, so that it costs only its own.
+        Err(SandboxError::Failed(_)) if requests.len() > 1 => {
+            for ((tgid, copies), request) in asked.iter().zip(&requests) {
+                match unwind_files(sandbox, processes, std::slice::from_ref(request)) {
+                    Ok(unwound) => count(
+                        counts,
+                        std::slice::from_ref(&(*tgid, copies.clone())),
+                        unwound,
+                    ),
+                    Err(err) => failed(processes, counts, *tgid, copies, &err),
+                }
+            }
+        }
+        Err(err) => {
+            for (tgid, copies) in &asked {
+                failed(processes, counts, *tgid, copies, &err);
+            }
+        }
+    }
+    walkable
+}
+
+/// Asks the sandbox to unwind `requests`, sending the tables of the files
+/// it lacks from those the capture holds open.
+fn unwind_files(
+    sandbox: &mut Sandbox,
+    processes: &Processes,
+    requests: &[ProcessStacks],
+) -> Result<Vec<Vec<Unwound>>, SandboxError> {
+    let (ids, files) = (&processes.ids, &processes.files);
+    let open = |id: &FileId| {
+        let index = ids.iter().position(|known| known.as_ref() == Some(id))?;
+        files.get(index).map(OwnedFd::as_fd)
+    };
+    sandbox.unwind(requests, open)
+}
+
+/// Counts each process's unwound stacks.
+fn count(counts: &mut unwound::Counts, asked: &[(u32, Vec<Copied>)], unwound: Vec<Vec<Unwound>>) {
+    for ((_, copies), unwound) in asked.iter().zip(unwound) {
+        for (copied, unwound) in copies.iter().zip(unwound) {
+            counts.add(copied, Some(unwound));
+        }
+    }
+}
+
+/// Counts a process's stacks that could not be unwound by their leaf. A
+/// file whose tables crash or hang the sandbox is not sent again
+/// (`Sandbox` quarantines it); a process whose stacks did is not unwound
+/// again in this capture.
+fn failed(
+    processes: &mut Processes,
+    counts: &mut unwound::Counts,
     tgid: u32,
-    mut copies: Vec<Copied>,
-) -> bool {
+    copies: &[Copied],
+    err: &SandboxError,
+) {
+    log_unwind_failure(tgid, err);
+    if matches!(err, SandboxError::Failed(_)) {
+        processes.unwind_failed.insert(tgid);
+    }
+    for copied in copies {
+        counts.add(copied, None);
+    }
+}
+
+/// The executable mappings of `tgid` as the sandbox knows them (reading
+/// each new file's unwind tables first), or `None` if the process could
+/// not be read or is not to be unwound. If every file keeps frame
+/// pointers, and this is the first time, `tgid` is added to `walkable`.
+fn modules(
+    sandbox: &mut Sandbox,
+    processes: &mut Processes,
+    tgid: u32,
+    walkable: &mut Vec<u32>,
+) -> Option<Vec<ModuleRef>> {
     let process = processes
         .by_tgid
         .get(&tgid)
-        .filter(|_| !processes.unwind_failed.contains(&tgid));
-    let Some(process) = process else {
-        // Gone before it could be read, or its tables made the sandbox
-        // fail: its stacks keep their leaf.
-        for copied in &copies {
-            counts.add(copied, None);
-        }
-        return false;
-    };
+        .filter(|_| !processes.unwind_failed.contains(&tgid))?;
     let mut modules = Vec::new();
     let mut all_keep_frame_pointers = true;
     for (i, mapping) in process.mappings.iter().enumerate() {
@@ -429,44 +565,10 @@ fn unwind(
             offset: mapping.offset,
         });
     }
-    let walkable = all_keep_frame_pointers && processes.classified.insert(tgid);
-    let (mut walk, none): (Vec<&mut Copied>, Vec<&mut Copied>) =
-        copies.iter_mut().partition(|c| !c.stack.bytes.is_empty());
-    for copied in none {
-        counts.add(copied, None);
+    if all_keep_frame_pointers && processes.classified.insert(tgid) {
+        walkable.push(tgid);
     }
-    let stacks: Vec<StackCopy> = walk
-        .iter_mut()
-        .map(|c| StackCopy {
-            bytes: std::mem::take(&mut c.stack.bytes),
-            ..c.stack.clone()
-        })
-        .collect();
-    let (ids, files) = (&processes.ids, &processes.files);
-    let open = |id: &FileId| {
-        let index = ids.iter().position(|known| known.as_ref() == Some(id))?;
-        files.get(index).map(OwnedFd::as_fd)
-    };
-    match sandbox.unwind(&modules, &stacks, open) {
-        Ok(unwound) => {
-            for (copied, unwound) in walk.iter().zip(unwound) {
-                counts.add(copied, Some(unwound));
-            }
-        }
-        Err(err) => {
-            log_unwind_failure(tgid, &err);
-            // A file whose tables crash or hang the sandbox is not sent
-            // again (`Sandbox` quarantines it); a process whose stacks did
-            // is not unwound again in this capture.
-            if matches!(err, SandboxError::Failed(_)) {
-                processes.unwind_failed.insert(tgid);
-            }
-            for copied in &walk {
-                counts.add(copied, None);
-            }
-        }
-    }
-    walkable
+    Some(modules)
 }
 
 /// A file the sandbox cannot read is the file's business (debug); a
@@ -476,6 +578,15 @@ fn log_unwind_failure(tgid: u32, err: &SandboxError) {
         SandboxError::File(why) => tracing::debug!(tgid, "stacks not unwound: {why}"),
         err => tracing::warn!("{err}; those stacks end in [truncated]"),
     }
+}
+
+/// The build ID of `file`, if the sandbox finds one.
+fn build_id(sandbox: &mut Sandbox, file: BorrowedFd<'_>) -> Option<String> {
+    sandbox
+        .build_id(file)
+        .map_err(|err| tracing::debug!("no build ID: {err}"))
+        .ok()
+        .flatten()
 }
 
 /// Where a user address was, and its name if nothing better is found.
@@ -680,14 +791,10 @@ fn user_names(
             break;
         }
         let id = build_ids.entry(file).or_insert_with(|| {
-            let fd = processes.files.get(file)?;
-            match sandbox.build_id(fd.as_fd()) {
-                Ok(id) => id,
-                Err(err) => {
-                    tracing::debug!("no build ID for {}: {err}", mapping.file);
-                    None
-                }
+            if let Some(known) = processes.build_ids.get(&file) {
+                return known.clone();
             }
+            build_id(sandbox, processes.files.get(file)?.as_fd())
         });
         mapping.build_id = id.clone();
     }

@@ -24,8 +24,9 @@ pub(crate) mod unwind;
 pub mod worker;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
+    ops::Range,
     os::{
         fd::{AsFd as _, BorrowedFd, OwnedFd},
         unix::process::CommandExt as _,
@@ -41,8 +42,8 @@ use rustix::{
 };
 
 pub use elf::truncate;
-pub use protocol::{FileId, ModuleRef, StackCopy, Unwound};
-use protocol::{MAX_ADDRS, MAX_STACKS, Reply, Request};
+pub use protocol::{FileId, ModuleRef, ProcessStacks, StackCopy, Unwound};
+use protocol::{MAX_ADDRS, MAX_MODULES, MAX_STACKS, Reply, Request};
 pub(crate) use unwind::{MAX_FRAMES, ProcessUnwinder, UnwindTables};
 
 /// The hidden subcommand that runs the sandbox.
@@ -173,27 +174,49 @@ impl Sandbox {
         }
     }
 
-    /// Unwinds one process's `stacks` through its `modules`. The tables of
-    /// files the sandbox does not hold (it was restarted) are sent first,
-    /// from `open_file`; a module whose file cannot be sent is left out.
+    /// Unwinds each process's stacks through its modules, in as few
+    /// requests as the limits allow. The tables of files the sandbox does
+    /// not hold (it was restarted) are sent first, from `open_file`; a
+    /// module whose file cannot be sent is left out.
     pub fn unwind<'f>(
         &mut self,
-        modules: &[ModuleRef],
-        stacks: &[StackCopy],
+        processes: &[ProcessStacks],
         open_file: impl Fn(&FileId) -> Option<BorrowedFd<'f>>,
-    ) -> Result<Vec<Unwound>, SandboxError> {
-        let mut modules = modules.to_vec();
-        let mut unwound = Vec::with_capacity(stacks.len());
-        for chunk in stacks.chunks(MAX_STACKS) {
+    ) -> Result<Vec<Vec<Unwound>>, SandboxError> {
+        let mut unsendable: HashSet<FileId> = HashSet::new();
+        let mut unwound: Vec<Vec<Unwound>> = processes
+            .iter()
+            .map(|p| Vec::with_capacity(p.stacks.len()))
+            .collect();
+        for request in pack(processes) {
             let mut attempts = 0;
             loop {
-                let request = Request::Unwind {
-                    modules: modules.clone(),
-                    stacks: chunk.to_vec(),
-                };
-                match self.exchange(None, &request)? {
-                    Reply::Unwound(stacks) if stacks.len() == chunk.len() => {
-                        unwound.extend(stacks);
+                let asked: Vec<ProcessStacks> = request
+                    .iter()
+                    .map(|(i, stacks)| {
+                        let process = &processes[*i];
+                        ProcessStacks {
+                            modules: process
+                                .modules
+                                .iter()
+                                .filter(|m| !unsendable.contains(&m.file))
+                                .cloned()
+                                .collect(),
+                            stacks: process.stacks[stacks.clone()].to_vec(),
+                        }
+                    })
+                    .collect();
+                match self.exchange(None, &Request::Unwind { processes: asked })? {
+                    Reply::Unwound(answers)
+                        if answers.len() == request.len()
+                            && answers
+                                .iter()
+                                .zip(&request)
+                                .all(|(a, (_, stacks))| a.len() == stacks.len()) =>
+                    {
+                        for ((i, _), answer) in request.iter().zip(answers) {
+                            unwound[*i].extend(answer);
+                        }
                         break;
                     }
                     Reply::MissingTables(files) if attempts == 0 => {
@@ -202,7 +225,7 @@ impl Sandbox {
                             let sent =
                                 open_file(&id).is_some_and(|fd| self.unwind_tables(fd).is_ok());
                             if !sent {
-                                modules.retain(|m| m.file != id);
+                                unsendable.insert(id);
                             }
                         }
                     }
@@ -324,6 +347,34 @@ impl Sandbox {
     }
 }
 
+/// Which stacks of which process (by index) each unwind request carries:
+/// at most [`MAX_STACKS`] stacks and [`MAX_MODULES`] modules a request, a
+/// process with more stacks than that split over several.
+fn pack(processes: &[ProcessStacks]) -> Vec<Vec<(usize, Range<usize>)>> {
+    let mut requests = Vec::new();
+    let mut request: Vec<(usize, Range<usize>)> = Vec::new();
+    let (mut stacks, mut modules) = (0, 0);
+    for (i, process) in processes.iter().enumerate() {
+        let mut start = 0;
+        while start < process.stacks.len() {
+            let full = stacks == MAX_STACKS || modules + process.modules.len() > MAX_MODULES;
+            if full && !request.is_empty() {
+                requests.push(std::mem::take(&mut request));
+                (stacks, modules) = (0, 0);
+            }
+            let end = process.stacks.len().min(start + (MAX_STACKS - stacks));
+            request.push((i, start..end));
+            stacks += end - start;
+            modules += process.modules.len();
+            start = end;
+        }
+    }
+    if !request.is_empty() {
+        requests.push(request);
+    }
+    requests
+}
+
 impl Worker {
     fn spawn() -> io::Result<Self> {
         let (ours, theirs) = rustix::net::socketpair(
@@ -431,4 +482,70 @@ fn confine() -> io::Result<()> {
     // SAFETY: a raw system call that only sets flags on descriptors.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(modules: usize, stacks: usize) -> ProcessStacks {
+        let file = FileId {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: 4,
+            mtime_nsec: 5,
+        };
+        let module = ModuleRef {
+            file,
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+        };
+        let stack = StackCopy {
+            ip: 0x1100,
+            sp: 0x7000,
+            bp: 0,
+            base: 0x7000,
+            bytes: Vec::new(),
+        };
+        ProcessStacks {
+            modules: vec![module; modules],
+            stacks: vec![stack; stacks],
+        }
+    }
+
+    #[test]
+    fn unwind_requests_carry_every_stack_once_within_the_limits() {
+        let processes = vec![
+            process(10, 3),
+            process(5, 0),
+            process(20, MAX_STACKS + 7),
+            process(MAX_MODULES - 1, 2),
+            process(3, 1),
+        ];
+        let requests = pack(&processes);
+        let mut carried = vec![0; processes.len()];
+        for request in &requests {
+            let stacks: usize = request.iter().map(|(_, r)| r.len()).sum();
+            let modules: usize = request
+                .iter()
+                .map(|(i, _)| processes[*i].modules.len())
+                .sum();
+            assert!(stacks <= MAX_STACKS, "{stacks} stacks in one request");
+            assert!(modules <= MAX_MODULES, "{modules} modules in one request");
+            for (i, range) in request {
+                assert!(!range.is_empty());
+                assert_eq!(
+                    range.start, carried[*i],
+                    "stacks of process {i} out of order"
+                );
+                carried[*i] = range.end;
+            }
+        }
+        let expected: Vec<usize> = processes.iter().map(|p| p.stacks.len()).collect();
+        assert_eq!(carried, expected);
+        // Small processes share requests: 5 processes, 266 stacks, 4 requests.
+        assert_eq!(requests.len(), 4, "{requests:?}");
+    }
 }

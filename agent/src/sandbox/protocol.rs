@@ -46,20 +46,31 @@ pub enum Request {
     BuildId,
     /// Read the file's unwind tables and keep them for [`Request::Unwind`].
     UnwindTables,
-    /// Unwind these stacks of one process (no file is passed).
+    /// Unwind the stacks of several processes (no file is passed): one
+    /// request for all the processes a drain of the ring found, because
+    /// on a busy host each round trip to the sandbox waits for the
+    /// scheduler twice.
     Unwind {
-        /// The process's executable mappings whose files' tables were sent.
-        modules: Vec<ModuleRef>,
-        /// At most [`MAX_STACKS`].
-        stacks: Vec<StackCopy>,
+        /// At most [`MAX_STACKS`] stacks and [`MAX_MODULES`] modules in all.
+        processes: Vec<ProcessStacks>,
     },
+}
+
+/// The stacks of one process, and where its files are mapped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStacks {
+    /// The process's executable mappings whose files' tables were sent.
+    pub modules: Vec<ModuleRef>,
+    /// Its copied stacks.
+    pub stacks: Vec<StackCopy>,
 }
 
 /// The most stacks one [`Request::Unwind`] may carry (each up to 16 KiB,
 /// about 22 KiB as base64).
 pub const MAX_STACKS: usize = 256;
-/// The most modules one [`Request::Unwind`] may name.
-pub const MAX_MODULES: usize = 4_096;
+/// The most modules one [`Request::Unwind`] may name, over all its
+/// processes.
+pub const MAX_MODULES: usize = 16_384;
 
 /// A file as it is now: the same inode rewritten is another file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -155,8 +166,8 @@ pub enum Reply {
         /// See [`super::unwind::UnwindTables::frame_pointers`].
         frame_pointers: bool,
     },
-    /// One entry per stack asked for, in order.
-    Unwound(Vec<Unwound>),
+    /// For each process asked about, one entry per stack, in order.
+    Unwound(Vec<Vec<Unwound>>),
     /// These files' tables are not held (a new sandbox): send them and ask
     /// again.
     MissingTables(Vec<FileId>),

@@ -19,7 +19,10 @@ use caps::CapSet;
 use super::{
     elf::SymbolTable,
     perfmap::PerfMap,
-    protocol::{self, FileId, MAX_ADDRS, MAX_MODULES, MAX_STACKS, ModuleRef, Reply, Request},
+    protocol::{
+        self, FileId, MAX_ADDRS, MAX_MODULES, MAX_STACKS, ModuleRef, ProcessStacks, Reply, Request,
+        Unwound,
+    },
     seccomp,
     unwind::{MappedModule, ProcessUnwinder, UnwindTables},
 };
@@ -74,7 +77,7 @@ pub fn run() -> ExitCode {
             }
         };
         let reply = match (request, fd) {
-            (Request::Unwind { modules, stacks }, _) => cache.unwind(&modules, &stacks),
+            (Request::Unwind { processes }, _) => cache.unwind(&processes),
             (_, None) => Reply::Failed("no file was passed with the request".into()),
             (request, Some(fd)) => answer(&mut cache, request, File::from(fd)),
         };
@@ -164,14 +167,17 @@ impl Cache {
         Ok(tables)
     }
 
-    /// Unwinds `stacks` through `modules`, or names the files whose tables
-    /// it lacks.
-    fn unwind(&mut self, modules: &[ModuleRef], stacks: &[protocol::StackCopy]) -> Reply {
-        if modules.len() > MAX_MODULES || stacks.len() > MAX_STACKS {
+    /// Unwinds each process's stacks through its modules, or names the
+    /// files whose tables it lacks.
+    fn unwind(&mut self, processes: &[ProcessStacks]) -> Reply {
+        let stacks: usize = processes.iter().map(|p| p.stacks.len()).sum();
+        let modules: usize = processes.iter().map(|p| p.modules.len()).sum();
+        if modules > MAX_MODULES || stacks > MAX_STACKS {
             return Reply::Failed("too many modules or stacks in one request".into());
         }
-        let mut missing: Vec<FileId> = modules
+        let mut missing: Vec<FileId> = processes
             .iter()
+            .flat_map(|p| &p.modules)
             .map(|m| m.file)
             .filter(|id| !self.unwind_tables.contains_key(id))
             .collect();
@@ -180,6 +186,20 @@ impl Cache {
             missing.dedup();
             return Reply::MissingTables(missing);
         }
+        let unwound = processes
+            .iter()
+            .map(|p| self.unwind_one(&p.modules, &p.stacks))
+            .collect();
+        Reply::Unwound(unwound)
+    }
+
+    /// Unwinds one process's `stacks` through its `modules`, whose tables
+    /// are all held.
+    fn unwind_one(
+        &mut self,
+        modules: &[ModuleRef],
+        stacks: &[protocol::StackCopy],
+    ) -> Vec<Unwound> {
         if self.modules.len() > CACHE_MODULES {
             self.modules.clear();
         }
@@ -190,9 +210,9 @@ impl Cache {
             .iter()
             .map(|m| (m.file, m.start, m.end, m.offset))
             .collect();
-        if !self.unwinders.contains_key(&keys) {
-            let mut found = Vec::with_capacity(modules.len());
-            for key in &keys {
+        let unwinder = self.unwinders.entry(keys).or_insert_with_key(|keys| {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
                 if let Some(module) = self.modules.get(key) {
                     found.push(module.clone());
                 } else if let Some(module) = self
@@ -204,12 +224,8 @@ impl Cache {
                     found.push(module);
                 }
             }
-            self.unwinders
-                .insert(keys.clone(), ProcessUnwinder::new(&found));
-        }
-        match self.unwinders.get_mut(&keys) {
-            Some(unwinder) => Reply::Unwound(unwinder.unwind(stacks)),
-            None => Reply::Failed("no unwinder".into()),
-        }
+            ProcessUnwinder::new(&found)
+        });
+        unwinder.unwind(stacks)
     }
 }

@@ -192,7 +192,10 @@ fn healthz_and_index_answer() {
         !plain.to_ascii_lowercase().contains("content-encoding"),
         "{plain}"
     );
-    assert!(plain.trim_end().ends_with("# EOF"), "{plain}");
+    assert!(
+        plain.contains("# TYPE hostscope_build_info gauge"),
+        "{plain}"
+    );
     let exposition = daemon.scrape();
     assert_eq!(
         exposition.value(

@@ -106,8 +106,8 @@ pub fn kernel() -> anyhow::Result<()> {
 
 /// Tools the integration tests call: bpftool (which programs are loaded),
 /// setpriv (running hostscope without privileges), losetup (loop devices),
-/// fio (deep block queues), ip (network namespaces), cc (test programs) and
-/// go (`go tool pprof`).
+/// fio (deep block queues), ip (network namespaces), cc (test programs),
+/// go (`go tool pprof`) and promtool (linting the exposition).
 pub fn test_tools() -> anyhow::Result<()> {
     apt_install_missing(&[
         ("bpftool", "bpftool"),
@@ -117,6 +117,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("ip", "iproute2"),
         ("cc", "gcc"),
         ("go", "golang-go"),
+        ("promtool", "prometheus"),
     ])
 }
 

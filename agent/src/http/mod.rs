@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::{self, Metrics},
+    metrics::{Format, Metrics},
     profile::{self, Profile, ProfileError, Profiler},
 };
 
@@ -31,7 +31,7 @@ pub struct AppState {
 }
 
 const INDEX: &str = "hostscope\n\n\
-    /metrics                           Prometheus metrics (OpenMetrics text)\n\
+    /metrics                           Prometheus metrics (text 0.0.4; OpenMetrics if asked)\n\
     /healthz                           liveness: 200 while the daemon serves\n\
     /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
@@ -62,26 +62,28 @@ pub async fn serve(
 }
 
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    let values = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let gzip = values(header::ACCEPT_ENCODING)
+        .split(',')
         .any(|coding| coding.trim().split(';').next() == Some("gzip"));
-    match state.metrics.scrape().await {
+    let format = Format::negotiate(&values(header::ACCEPT));
+    // Caches must not hand one scraper's format or encoding to another.
+    let vary = (header::VARY, "Accept, Accept-Encoding");
+    let content_type = (header::CONTENT_TYPE, format.content_type());
+    match state.metrics.scrape(format).await {
         Ok(exposition) if gzip => (
-            [
-                (header::CONTENT_TYPE, metrics::CONTENT_TYPE),
-                (header::CONTENT_ENCODING, "gzip"),
-            ],
+            [content_type, vary, (header::CONTENT_ENCODING, "gzip")],
             exposition.gzip,
         )
             .into_response(),
-        Ok(exposition) => (
-            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-            exposition.plain,
-        )
-            .into_response(),
+        Ok(exposition) => ([content_type, vary], exposition.plain).into_response(),
         Err(err) => {
             tracing::error!("encoding metrics failed: {err}");
             (

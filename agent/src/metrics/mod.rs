@@ -1,7 +1,10 @@
 //! Prometheus metrics, computed at scrape time straight from the maps.
-//! Knows prometheus-client, not HTTP.
+//! Knows prometheus-client and the exposition formats, not HTTP.
+
+mod format;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, LazyLock},
     time::Instant,
 };
@@ -21,25 +24,25 @@ use prometheus_client::{
 
 use crate::collector::{Collectors, Family, Layout, Values};
 
-/// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use format::Format;
 
 /// The registry served at /metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// The last exposition and when its encoding started. A scrape reuses
-    /// it only if that encoding started after the scrape arrived: never
-    /// staler than a read of its own (scrape, act, scrape shows the act),
-    /// yet scrapes that queue up while one read runs all share the next.
-    latest: tokio::sync::Mutex<Option<(Instant, Exposition)>>,
+    /// The last exposition in each format and when its encoding started.
+    /// A scrape reuses it only if that encoding started after the scrape
+    /// arrived: never staler than a read of its own (scrape, act, scrape
+    /// shows the act), yet scrapes that queue up while one read runs all
+    /// share the next.
+    latest: tokio::sync::Mutex<HashMap<Format, (Instant, Exposition)>>,
 }
 
 /// One encoded exposition, plain and gzipped (what Prometheus asks for: the
 /// text is ~100 KiB of repetitive bucket lines and compresses ~20x).
 #[derive(Debug, Clone)]
 pub struct Exposition {
-    /// The OpenMetrics text.
+    /// The exposition.
     pub plain: Bytes,
     /// The same, gzip-compressed.
     pub gzip: Bytes,
@@ -52,21 +55,21 @@ impl Metrics {
         registry.register_collector(Box::new(ScrapeTime { collectors }));
         Self {
             registry,
-            latest: tokio::sync::Mutex::new(None),
+            latest: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// The exposition, read after this call began.
-    pub async fn scrape(&self) -> Result<Exposition, std::fmt::Error> {
+    /// The exposition in `format`, read after this call began.
+    pub async fn scrape(&self, format: Format) -> Result<Exposition, std::fmt::Error> {
         let arrived = Instant::now();
         let mut latest = self.latest.lock().await;
-        if let Some((started, exposition)) = latest.as_ref()
+        if let Some((started, exposition)) = latest.get(&format)
             && *started >= arrived
         {
             return Ok(exposition.clone());
         }
         let started = Instant::now();
-        let plain = self.encode()?;
+        let plain = self.encode(format)?;
         let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
         let gzip = gz
             .write_all(plain.as_bytes())
@@ -76,15 +79,18 @@ impl Metrics {
             plain: Bytes::from(plain),
             gzip: Bytes::from(gzip),
         };
-        *latest = Some((started, exposition.clone()));
+        latest.insert(format, (started, exposition.clone()));
         Ok(exposition)
     }
 
-    /// The OpenMetrics text exposition of every metric.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    /// Every metric, encoded in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
         text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        Ok(match format {
+            Format::OpenMetrics => out,
+            Format::Text => format::openmetrics_to_text(&out),
+        })
     }
 }
 

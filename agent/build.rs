@@ -15,6 +15,7 @@ const DEFAULT_TOOLCHAIN: &str = "debian-bpf";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=HOSTSCOPE_BPF_TOOLCHAIN");
+    build_info();
     let toolchain =
         env::var("HOSTSCOPE_BPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_TOOLCHAIN.to_owned());
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
@@ -37,4 +38,48 @@ fn main() -> anyhow::Result<()> {
              run `cargo xtask setup` to install and check the eBPF toolchain"
         )
     })
+}
+
+/// What `hostscope_build_info` reports beside the version: the git revision
+/// (`unknown` outside a git checkout), the compiler and the target.
+fn build_info() {
+    let output = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let revision = output("git", &["rev-parse", "--short=12", "HEAD"]);
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let rustc_version = output(&rustc, &["--version"]);
+    println!(
+        "cargo:rustc-env=HOSTSCOPE_REVISION={}",
+        revision.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "cargo:rustc-env=HOSTSCOPE_RUSTC={}",
+        rustc_version.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "cargo:rustc-env=HOSTSCOPE_TARGET={}",
+        env::var("TARGET").unwrap_or_default()
+    );
+    // A new commit changes the revision: HEAD, or the branch it names.
+    if let Some(git_dir) = output("git", &["rev-parse", "--absolute-git-dir"]) {
+        let head = PathBuf::from(&git_dir).join("HEAD");
+        println!("cargo:rerun-if-changed={}", head.display());
+        if let Some(branch) = std::fs::read_to_string(&head)
+            .ok()
+            .and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_owned()))
+        {
+            let branch = PathBuf::from(&git_dir).join(branch);
+            if branch.exists() {
+                println!("cargo:rerun-if-changed={}", branch.display());
+            }
+        }
+    }
 }

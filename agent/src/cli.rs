@@ -51,6 +51,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HOSTSCOPE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Turn the kernel's BPF run-time statistics on while the daemon runs,
+    /// and export each program's run time and count
+    /// (hostscope_bpf_program_*). They cost every BPF program on the host
+    /// two clock reads per run.
+    #[arg(long = "bpf-stats", env = "HOSTSCOPE_BPF_STATS")]
+    pub bpf_stats: bool,
+
     /// Collectors to enable, comma-separated.
     #[arg(
         long,

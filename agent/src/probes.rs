@@ -353,6 +353,27 @@ impl Probes {
         }
     }
 
+    /// Each loaded program's run time and run count, as the kernel
+    /// accounts them while BPF statistics are on (`--bpf-stats`, or the
+    /// `kernel.bpf_stats_enabled` sysctl); both stand still while they are
+    /// off. Programs not loaded (a collector that is down) are left out.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let mut stats: Vec<ProgramStats> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_owned(),
+                    run_time: info.run_time(),
+                    runs: info.run_count(),
+                })
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
     /// Takes ownership of a map, typed. Each map has exactly one owner.
     pub fn take_map<T>(&mut self, name: &'static str) -> Result<T, AttachError>
     where
@@ -364,6 +385,31 @@ impl Probes {
             .ok_or(AttachError::MissingMap(name))?;
         T::try_from(map).map_err(|reason| AttachError::MapType { name, reason })
     }
+}
+
+/// What the kernel accounted for one program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The program's name in the object.
+    pub name: String,
+    /// Time spent running it, in all.
+    pub run_time: std::time::Duration,
+    /// Times it ran.
+    pub runs: u64,
+}
+
+/// Turns the kernel's BPF run-time statistics on for as long as the
+/// returned descriptor is open (`BPF_ENABLE_STATS`, as aya's
+/// `enable_stats`): the daemon holds it for its lifetime. Needs
+/// CAP_SYS_ADMIN, so it is called before capabilities are dropped.
+pub fn enable_stats() -> Result<std::os::fd::OwnedFd, String> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|err| err.to_string())
+}
+
+/// Whether the kernel is collecting BPF run-time statistics now.
+pub fn stats_enabled(held: bool) -> bool {
+    held || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// One line for an error: the verifier's log can run to pages, and a log

@@ -18,7 +18,7 @@ use crate::{
     fd_limit, http,
     metrics::Metrics,
     privileges,
-    probes::Probes,
+    probes::{self, Probes},
     profile::{Limits, Profiler},
 };
 
@@ -72,6 +72,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(PoisonError::into_inner)
         .release_btf();
     let max_connections = fit_connections(args.web_max_connections);
+    // Before capabilities are dropped: turning the statistics on needs
+    // CAP_SYS_ADMIN. Held open for the daemon's lifetime.
+    let bpf_stats = if args.bpf_stats {
+        probes::enable_stats()
+            .map_err(|err| {
+                tracing::warn!(
+                    "--bpf-stats: cannot turn the kernel's BPF statistics on ({err}); \
+                     hostscope_bpf_program_* are left out"
+                );
+            })
+            .ok()
+    } else {
+        None
+    };
     let kept = privileges::drop_to_runtime_set()?;
     tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));
 
@@ -84,7 +98,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         runtime.spawn(maintain_periodically(collectors.clone()));
     }
     let state = http::AppState {
-        metrics: Arc::new(Metrics::new(collectors)),
+        metrics: Arc::new(Metrics::new(
+            collectors,
+            Some((probes.clone(), bpf_stats.is_some())),
+        )),
         profiler: profiler.clone(),
     };
     tracing::info!(listen = %args.listen, max_connections, "serving /metrics");

@@ -105,3 +105,118 @@ fn promtool_accepts_the_default_exposition() {
         "promtool check metrics: {complaints}"
     );
 }
+
+/// The standard process metrics describe the daemon's own process as /proc
+/// does, and build_info names the revision it was built from.
+#[test]
+fn the_daemon_describes_itself() {
+    let daemon = Daemon::start("sched");
+    let exposition = daemon.scrape();
+    let pid = daemon.pid();
+    let value = |name: &str| {
+        exposition
+            .value(name, &[])
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+
+    let rss_kib: f64 = hostscope_tests::daemon::proc_status(&pid.to_string(), "VmRSS")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .expect("VmRSS");
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        (rss - rss_kib * 1024.0).abs() < 0.5 * rss_kib * 1024.0,
+        "process_resident_memory_bytes {rss}, VmRSS {rss_kib} kB"
+    );
+    assert!(value("process_virtual_memory_bytes") >= rss);
+    let fds = hostscope_tests::daemon::proc_entries(pid, "fd") as f64;
+    let open = value("process_open_fds");
+    assert!(
+        (open - fds).abs() <= 8.0,
+        "process_open_fds {open}, /proc/{pid}/fd has {fds}"
+    );
+    let (soft, _) = hostscope_tests::daemon::proc_limit(&pid.to_string(), "Max open files");
+    assert_eq!(
+        value("process_max_fds"),
+        soft.parse::<f64>().expect("soft limit")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now && started > now - 60.0,
+        "process_start_time_seconds {started}, now {now}"
+    );
+    let cpu = value("process_cpu_seconds_total");
+    assert!(cpu > 0.0 && cpu < 60.0, "process_cpu_seconds_total {cpu}");
+
+    let info = exposition
+        .matching("hostscope_build_info", &[])
+        .next()
+        .expect("hostscope_build_info");
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    assert_eq!(
+        info.labels.get("revision").map(String::as_str),
+        Some(String::from_utf8_lossy(&revision.stdout).trim()),
+        "{info:?}"
+    );
+    assert!(info.labels["rustc"].starts_with("rustc "), "{info:?}");
+    assert_eq!(info.labels["target"], "x86_64-unknown-linux-gnu");
+    assert_eq!(
+        exposition.value("hostscope_scrape_errors_total", &[("collector", "sched")]),
+        Some(0.0)
+    );
+}
+
+/// `--bpf-stats` exports each program's run count and time, from the
+/// kernel's own accounting: scheduler programs run on every context switch.
+#[test]
+fn bpf_stats_count_program_runs() {
+    let daemon = Daemon::start_with("sched", &["--bpf-stats"]);
+    let runs = |exposition: &Exposition| {
+        exposition
+            .value(
+                "hostscope_bpf_program_runs_total",
+                &[("program", "sched_switch")],
+            )
+            .expect("hostscope_bpf_program_runs_total for sched_switch")
+    };
+    let before = daemon.scrape();
+    let _ = hostscope_tests::workload::Workload::new()
+        .spinners(2, 0, std::time::Duration::from_millis(300))
+        .run();
+    let after = daemon.scrape();
+    assert!(
+        runs(&after) - runs(&before) > 10.0,
+        "sched_switch ran {} times while two threads shared a CPU",
+        runs(&after) - runs(&before)
+    );
+    let seconds = after
+        .value(
+            "hostscope_bpf_program_run_seconds_total",
+            &[("program", "sched_switch")],
+        )
+        .expect("run seconds");
+    assert!(seconds > 0.0, "run time {seconds}");
+
+    // Without the flag, and with the kernel's statistics off, there are
+    // no program metrics rather than frozen zeros.
+    drop(daemon);
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").expect("sysctl");
+    let daemon = Daemon::start("sched");
+    let has_programs = daemon
+        .scrape()
+        .value(
+            "hostscope_bpf_program_runs_total",
+            &[("program", "sched_switch")],
+        )
+        .is_some();
+    assert_eq!(has_programs, sysctl.trim() == "1", "sysctl {sysctl}");
+}

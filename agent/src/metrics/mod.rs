@@ -2,10 +2,14 @@
 //! Knows prometheus-client and the exposition formats, not HTTP.
 
 mod format;
+mod process;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -22,7 +26,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::collector::{Collectors, Family, Layout, Values};
+use crate::{
+    collector::{CollectorKind, Collectors, Family, Layout, Values},
+    probes::{self, Probes},
+};
 
 pub use format::Format;
 
@@ -49,10 +56,21 @@ pub struct Exposition {
 }
 
 impl Metrics {
-    /// Metrics for the given collectors.
-    pub fn new(collectors: Arc<Collectors>) -> Self {
+    /// Metrics for the given collectors; with `programs`, the run time
+    /// and count of each loaded eBPF program too, while the kernel's
+    /// statistics are on (`stats_held`: the daemon turned them on).
+    pub fn new(collectors: Arc<Collectors>, programs: Option<(Arc<Mutex<Probes>>, bool)>) -> Self {
+        let scrape_errors = collectors
+            .running
+            .iter()
+            .map(|(kind, _)| (*kind, AtomicU64::new(0)))
+            .collect();
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(ScrapeTime { collectors }));
+        registry.register_collector(Box::new(ScrapeTime {
+            collectors,
+            programs,
+            scrape_errors,
+        }));
         Self {
             registry,
             latest: tokio::sync::Mutex::new(HashMap::new()),
@@ -95,9 +113,20 @@ impl Metrics {
 }
 
 /// Reads the collectors' maps each time it is encoded.
-#[derive(Debug)]
 struct ScrapeTime {
     collectors: Arc<Collectors>,
+    /// The loaded programs, and whether the daemon holds BPF statistics on.
+    programs: Option<(Arc<Mutex<Probes>>, bool)>,
+    /// Failed map reads, per running collector.
+    scrape_errors: Vec<(CollectorKind, AtomicU64)>,
+}
+
+impl std::fmt::Debug for ScrapeTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeTime")
+            .field("collectors", &self.collectors)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Collector for ScrapeTime {
@@ -105,12 +134,19 @@ impl Collector for ScrapeTime {
         encoder
             .encode_descriptor(
                 "hostscope_build_info",
-                "hostscope's version; always 1.",
+                "hostscope's version, git revision, compiler and target; always 1.",
                 None,
                 MetricType::Gauge,
             )?
-            .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_family(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("HOSTSCOPE_REVISION")),
+                ("rustc", env!("HOSTSCOPE_RUSTC")),
+                ("target", env!("HOSTSCOPE_TARGET")),
+            ])?
             .encode_gauge(&1i64)?;
+        encode_process(&mut encoder)?;
+        self.encode_programs(&mut encoder)?;
 
         let mut up = encoder.encode_descriptor(
             "hostscope_collector_up",
@@ -126,9 +162,26 @@ impl Collector for ScrapeTime {
         for (kind, collector) in &self.collectors.running {
             match collector.read() {
                 Ok(families) => encode_families(&mut encoder, &families)?,
-                // A scrape never fails for one unreadable map: log and leave it out.
-                Err(err) => tracing::warn!(collector = %kind, "reading the maps failed: {err}"),
+                // A scrape never fails for one unreadable map: log, count
+                // and leave it out.
+                Err(err) => {
+                    tracing::warn!(collector = %kind, "reading the maps failed: {err}");
+                    if let Some((_, errors)) = self.scrape_errors.iter().find(|(k, _)| k == kind) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
+        }
+        let mut errors = encoder.encode_descriptor(
+            "hostscope_scrape_errors",
+            "Scrapes in which reading a running collector's maps failed (its families were left out).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, count) in &self.scrape_errors {
+            errors
+                .encode_family(&[("collector", kind.name())])?
+                .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
         }
         if let Some(overflow) = self.collectors.overflow_family() {
             encode_families(&mut encoder, &[overflow])?;
@@ -146,6 +199,97 @@ impl Collector for ScrapeTime {
         }
         Ok(())
     }
+}
+
+impl ScrapeTime {
+    /// Each loaded program's run time and count, if the kernel is keeping
+    /// them (they stand still, and would mislead, while it is not).
+    fn encode_programs(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((probes, held)) = &self.programs else {
+            return Ok(());
+        };
+        if !probes::stats_enabled(*held) {
+            return Ok(());
+        }
+        let stats = probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .program_stats();
+        let mut seconds = encoder.encode_descriptor(
+            "hostscope_bpf_program_run_seconds",
+            "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",
+            None,
+            MetricType::Counter,
+        )?;
+        for program in &stats {
+            seconds
+                .encode_family(&[("program", program.name.as_str())])?
+                .encode_counter::<NoLabelSet, _, f64>(&program.run_time.as_secs_f64(), None)?;
+        }
+        let mut runs = encoder.encode_descriptor(
+            "hostscope_bpf_program_runs",
+            "Times each of hostscope's eBPF programs ran (while BPF statistics are on).",
+            None,
+            MetricType::Counter,
+        )?;
+        for program in &stats {
+            runs.encode_family(&[("program", program.name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&program.runs, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's own `process_*` metrics; none if /proc cannot be read.
+fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let stats = match process::ProcessStats::read() {
+        Ok(stats) => stats,
+        Err(err) => {
+            tracing::debug!("process metrics left out: {err}");
+            return Ok(());
+        }
+    };
+    encoder
+        .encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, f64>(&stats.cpu_seconds, None)?;
+    let gauges: [(&str, &str, f64); 5] = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            stats.resident_bytes as f64,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            stats.virtual_bytes as f64,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            stats.open_fds as f64,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            stats.max_fds as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            stats.start_time_seconds,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&value)?;
+    }
+    Ok(())
 }
 
 /// Encodes families as a collector read them.

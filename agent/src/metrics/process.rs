@@ -1,0 +1,126 @@
+//! The standard `process_*` metrics of the daemon itself, as every
+//! Prometheus client library exports them, read from /proc/self at scrape
+//! time.
+
+use std::{fs, io};
+
+/// What /proc says about this process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, in bytes.
+    pub resident_bytes: u64,
+    /// Virtual memory size, in bytes.
+    pub virtual_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The soft limit on open file descriptors.
+    pub max_fds: u64,
+    /// When the process started, in seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    /// Reads this process's numbers.
+    pub fn read() -> io::Result<Self> {
+        let stat = fs::read_to_string("/proc/self/stat")?;
+        let boot = boot_time(&fs::read_to_string("/proc/stat")?)?;
+        let open_fds = fs::read_dir("/proc/self/fd")?.count() as u64;
+        let max_fds = crate::fd_limit::soft()?;
+        Self::parse(
+            &stat,
+            boot,
+            open_fds,
+            max_fds,
+            rustix::param::clock_ticks_per_second(),
+            rustix::param::page_size() as u64,
+        )
+    }
+
+    /// The numbers in a `/proc/PID/stat` line, given the boot time, the
+    /// descriptor counts, clock ticks per second and the page size.
+    fn parse(
+        stat: &str,
+        boot_time: u64,
+        open_fds: u64,
+        max_fds: u64,
+        ticks_per_second: u64,
+        page_size: u64,
+    ) -> io::Result<Self> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat");
+        // The command name is in parentheses and may hold anything, ')'
+        // included: the fields start after the last one.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')').ok_or_else(bad)? + 1..)
+            .ok_or_else(bad)?
+            .split_whitespace()
+            .collect();
+        // Fields numbered as in proc(5); fields[0] is field 3 (state).
+        let field = |number: usize| -> io::Result<u64> {
+            fields
+                .get(number - 3)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(bad)
+        };
+        let ticks = ticks_per_second.max(1) as f64;
+        Ok(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            resident_bytes: field(24)?.saturating_mul(page_size),
+            virtual_bytes: field(23)?,
+            open_fds,
+            max_fds,
+            start_time_seconds: boot_time as f64 + field(22)? as f64 / ticks,
+        })
+    }
+}
+
+/// The boot time (`btime`) from `/proc/stat`, in seconds since the epoch.
+fn boot_time(proc_stat: &str) -> io::Result<u64> {
+    proc_stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no btime in /proc/stat"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_whose_name_holds_parentheses_and_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime cutime cstime priority nice threads
+        // itrealvalue starttime vsize rss ...
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 \
+                    1000 123456789 2048 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let stats = ProcessStats::parse(stat, 1_700_000_000, 9, 1024, 100, 4096).expect("parses");
+        assert_eq!(
+            stats,
+            ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 2048 * 4096,
+                virtual_bytes: 123_456_789,
+                open_fds: 9,
+                max_fds: 1024,
+                start_time_seconds: 1_700_000_010.0,
+            }
+        );
+        assert!(ProcessStats::parse("garbage", 0, 0, 0, 100, 4096).is_err());
+        assert!(ProcessStats::parse("1 (x) S 1 2", 0, 0, 0, 100, 4096).is_err());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let stats = ProcessStats::read().expect("reads /proc/self");
+        assert!(stats.resident_bytes > 0 && stats.virtual_bytes >= stats.resident_bytes);
+        assert!(stats.open_fds >= 3 && stats.max_fds >= stats.open_fds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs_f64();
+        assert!(stats.start_time_seconds <= now + 1.0 && stats.start_time_seconds > now - 3600.0);
+        assert_eq!(boot_time("cpu 1 2\nbtime 17\n").expect("btime"), 17);
+    }
+}

@@ -8,13 +8,13 @@ use crate::{
     kernel_layout,
 };
 use hostscope_common::{
-    block::{BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP},
+    block::{BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP, BlockStart},
     cgroup::{
         self, BLOCK_SERIES_PER_CGROUP, CGROUP_ADMITTED_MAP, CGROUP_EXCLUDED_ENTRIES,
         CGROUP_EXCLUDED_MAP, TCP_COUNTERS_PER_CGROUP, TCP_HISTOGRAMS_PER_CGROUP,
     },
     sched::RUNQ_LATENCY_BY_CGROUP_MAP,
-    tcp::{TCP_COUNTERS_BY_CGROUP_MAP, TCP_LATENCY_BY_CGROUP_MAP},
+    tcp::{TCP_CONNECT_START_MAP, TCP_COUNTERS_BY_CGROUP_MAP, TCP_LATENCY_BY_CGROUP_MAP},
 };
 
 use aya::{
@@ -374,6 +374,44 @@ impl Probes {
         stats
     }
 
+    /// How full the in-flight tables are: the hash maps that hold a start
+    /// time per request or connection until it completes. Full, they
+    /// drop what arrives (counted by the collectors' `_dropped` counters);
+    /// these say how close they are. Maps of collectors that are down
+    /// read empty.
+    pub fn in_flight_tables(&self) -> Vec<MapFill> {
+        let mut fill = Vec::new();
+        if let Some(found) = self.fill_of::<u64, BlockStart>(BLOCK_START_MAP) {
+            fill.push(found);
+        }
+        if let Some(found) = self.fill_of::<u64, u64>(TCP_CONNECT_START_MAP) {
+            fill.push(found);
+        }
+        fill
+    }
+
+    /// Entries in the hash map `name`, counted by walking its keys (at
+    /// most its capacity, one system call each), and its capacity.
+    fn fill_of<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Option<MapFill> {
+        let map = self.ebpf.map(name)?;
+        let capacity = match map {
+            Map::HashMap(data) | Map::LruHashMap(data) => data.info().ok()?.max_entries(),
+            _ => return None,
+        };
+        let table: aya::maps::HashMap<&aya::maps::MapData, K, V> =
+            aya::maps::HashMap::try_from(map).ok()?;
+        let entries = table
+            .keys()
+            .take(capacity as usize)
+            .filter(Result::is_ok)
+            .count();
+        Some(MapFill {
+            name,
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        })
+    }
+
     /// Takes ownership of a map, typed. Each map has exactly one owner.
     pub fn take_map<T>(&mut self, name: &'static str) -> Result<T, AttachError>
     where
@@ -385,6 +423,17 @@ impl Probes {
             .ok_or(AttachError::MissingMap(name))?;
         T::try_from(map).map_err(|reason| AttachError::MapType { name, reason })
     }
+}
+
+/// How full one map is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    /// The map's name in the object.
+    pub name: &'static str,
+    /// Entries in it now.
+    pub entries: u64,
+    /// The most it holds.
+    pub capacity: u64,
 }
 
 /// What the kernel accounted for one program.

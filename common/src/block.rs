@@ -46,6 +46,10 @@ pub struct BlockStart {
     pub cgroup: u64,
 }
 
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, two `u64`s (no padding), and any bit pattern is valid.
+unsafe impl aya::Pod for BlockStart {}
+
 /// Names of the load-time constants: byte offsets of the kernel fields the
 /// completion program reads, found in the kernel's BTF by the daemon.
 pub mod offsets {

@@ -19,6 +19,9 @@ pub const CONNECT_DROPPED_COUNTER: u32 = 2;
 /// Number of counters.
 pub const TCP_COUNTERS: u32 = 3;
 
+/// Hash map: `struct sock *` -> connect start (ns), for connects in flight.
+pub const TCP_CONNECT_START_MAP: &str = "TCP_CONNECT_START";
+
 /// Connects in flight (SYN sent, no answer yet) that can be timed at once.
 pub const CONNECT_START_ENTRIES: u32 = 10_240;
 

@@ -220,3 +220,54 @@ fn bpf_stats_count_program_runs() {
         .is_some();
     assert_eq!(has_programs, sysctl.trim() == "1", "sysctl {sysctl}");
 }
+
+/// The in-flight tables' fill is exported against their capacity: connects
+/// whose SYNs are lost hold an entry until they give up.
+#[test]
+fn in_flight_tables_report_their_fill() {
+    use hostscope_tests::netns::NetnsPair;
+
+    let daemon = Daemon::start_with("block,tcp", &["--block-max-inflight", "5000"]);
+    let entries = |exposition: &Exposition, map: &str| {
+        exposition
+            .value("hostscope_bpf_map_entries", &[("map", map)])
+            .unwrap_or_else(|| panic!("no hostscope_bpf_map_entries for {map}"))
+    };
+    let idle = daemon.scrape();
+    assert_eq!(
+        idle.value("hostscope_bpf_map_max_entries", &[("map", "BLOCK_START")]),
+        Some(5000.0)
+    );
+    assert_eq!(
+        idle.value(
+            "hostscope_bpf_map_max_entries",
+            &[("map", "TCP_CONNECT_START")]
+        ),
+        Some(10240.0)
+    );
+
+    let pair = NetnsPair::create();
+    pair.set_b_reachable(false);
+    let target = std::net::SocketAddr::from((pair.addr_b, 7002));
+    const PENDING: usize = 5;
+    let connects: Vec<_> = (0..PENDING)
+        .map(|_| {
+            NetnsPair::spawn_in(&pair.a, move || {
+                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = entries(&daemon.scrape(), "TCP_CONNECT_START");
+    for connect in connects {
+        assert!(
+            connect.join().expect("connect thread").is_err(),
+            "a connect to an address that drops everything succeeded"
+        );
+    }
+    let after = entries(&daemon.scrape(), "TCP_CONNECT_START");
+    assert!(
+        during >= PENDING as f64 && during - after >= PENDING as f64,
+        "TCP_CONNECT_START entries: {during} with {PENDING} connects pending, {after} after"
+    );
+}

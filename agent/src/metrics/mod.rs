@@ -147,6 +147,7 @@ impl Collector for ScrapeTime {
             .encode_gauge(&1i64)?;
         encode_process(&mut encoder)?;
         self.encode_programs(&mut encoder)?;
+        self.encode_maps(&mut encoder)?;
 
         let mut up = encoder.encode_descriptor(
             "hostscope_collector_up",
@@ -202,6 +203,40 @@ impl Collector for ScrapeTime {
 }
 
 impl ScrapeTime {
+    /// How full the in-flight tables are, against their capacity.
+    fn encode_maps(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((probes, _)) = &self.programs else {
+            return Ok(());
+        };
+        let fill = probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .in_flight_tables();
+        let mut entries = encoder.encode_descriptor(
+            "hostscope_bpf_map_entries",
+            "Entries in each of hostscope's in-flight hash maps (a start time per block request or TCP connect in flight).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &fill {
+            entries
+                .encode_family(&[("map", map.name)])?
+                .encode_gauge(&(map.entries as f64))?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "hostscope_bpf_map_max_entries",
+            "The most entries each of those maps holds; past it, new requests or connects are counted as dropped.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &fill {
+            capacity
+                .encode_family(&[("map", map.name)])?
+                .encode_gauge(&(map.capacity as f64))?;
+        }
+        Ok(())
+    }
+
     /// Each loaded program's run time and count, if the kernel is keeping
     /// them (they stand still, and would mislead, while it is not).
     fn encode_programs(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -215,6 +250,9 @@ impl ScrapeTime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .program_stats();
+        if stats.is_empty() {
+            return Ok(());
+        }
         let mut seconds = encoder.encode_descriptor(
             "hostscope_bpf_program_run_seconds",
             "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",

@@ -94,12 +94,22 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cgroups: CgroupArgs,
 
-    /// Bucket layout of per-cgroup histograms (--by-cgroup): coarse has 15
-    /// finite buckets, one per factor of 4 from 128 ns to 34 s (18 series per
-    /// histogram); fine is the host-wide layout (116 series).
+    /// Bucket layout of per-cgroup histograms (--by-cgroup), never finer
+    /// than --classic-buckets: coarse has 15 finite buckets, one per power
+    /// of 4 seconds from 238 ns to 64 s (18 series per histogram); fine is
+    /// every kernel bucket (124 series).
     #[arg(long, env = "HOSTSCOPE_CGROUP_BUCKETS", value_enum,
           default_value_t = CgroupBuckets::Coarse, value_name = "LAYOUT")]
     pub cgroup_buckets: CgroupBuckets,
+
+    /// Classic `le` buckets of every histogram in the text formats: fine is
+    /// every kernel bucket (2^(i/4) s from 119 ns to 128 s, 124 series per
+    /// histogram), coarse one per power of 4 (18 series), none only +Inf
+    /// (the distribution then travels only as a native histogram, over
+    /// protobuf).
+    #[arg(long = "classic-buckets", env = "HOSTSCOPE_CLASSIC_BUCKETS", value_enum,
+          default_value_t = ClassicBuckets::Coarse, value_name = "LAYOUT")]
+    pub classic_buckets: ClassicBuckets,
 
     #[command(flatten)]
     pub system: SystemArgs,
@@ -108,10 +118,21 @@ pub struct ServeArgs {
 /// Bucket layouts for per-cgroup histograms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CgroupBuckets {
-    /// One bucket per factor of 4: 128 ns, 512 ns, 2 us, ... 34 s.
+    /// One bucket per power of 4 seconds: 238 ns, 954 ns, 3.8 us, ... 64 s.
     Coarse,
     /// Four buckets per power of two, as the host-wide histograms.
     Fine,
+}
+
+/// Classic bucket layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClassicBuckets {
+    /// Every kernel bucket: four per power of two.
+    Fine,
+    /// One bucket per power of 4 seconds.
+    Coarse,
+    /// Only +Inf: native histograms carry the distribution.
+    None,
 }
 
 #[derive(Debug, Args)]

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cgroup::{self, Attribution},
-    cli::ServeArgs,
-    collector::Collectors,
+    cli::{ClassicBuckets, ServeArgs},
+    collector::{Collectors, Layout},
     fd_limit, http,
     metrics::Metrics,
     privileges,
@@ -101,6 +101,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new(
             collectors,
             Some((probes.clone(), bpf_stats.is_some())),
+            match args.classic_buckets {
+                ClassicBuckets::Fine => Layout::Fine,
+                ClassicBuckets::Coarse => Layout::Coarse,
+                ClassicBuckets::None => Layout::None,
+            },
         )),
         profiler: profiler.clone(),
     };

@@ -1,35 +1,185 @@
-//! Log-linear latency histogram, filled in the kernel and read by the daemon.
+//! Latency histogram on Prometheus' native-histogram schema 2, filled in
+//! the kernel and read by the daemon.
 //!
-//! BCC's log2 slots are too coarse for percentiles (a slot spans a factor of
-//! two), so each power of two is split into [`SUB_BUCKETS`] equal parts: the
-//! relative width of a bucket is at most 25%.
+//! Bucket boundaries are 2^(i/4) **seconds**: four buckets per power of
+//! two, each at most 19% wider than the one below, and exactly the buckets
+//! of a native histogram with schema 2. So the daemon can export the
+//! kernel's counts as a native histogram without re-bucketing (which would
+//! smear counts across boundaries), and as classic `le` buckets at the same
+//! boundaries. In nanoseconds the boundaries are not powers of two (1e9 is
+//! not), so the kernel finds a value's bucket by binary search in
+//! [`THRESHOLDS_NS`]: seven comparisons.
 //!
-//! Buckets are *inclusive* at their upper bound, like Prometheus' `le`: a
-//! value `v` lands in the first bucket whose upper bound is `>= v`.
+//! Buckets are *inclusive* at their upper bound, like Prometheus' `le` and
+//! native buckets: a value `v` lands in the first bucket whose upper bound
+//! is `>= v`. For integer nanoseconds, `v <= 1e9 * 2^(i/4)` exactly when
+//! `v <= floor(1e9 * 2^(i/4))`, so the floored table is exact.
 //!
-//! | index | holds values (ns) |
-//! |---|---|
-//! | 0 | `0 ..= 2^MIN_EXP` (128 ns) |
-//! | 1 + 4(e - MIN_EXP) + s | `(2^e + s·2^(e-2)) ..= 2^e + (s+1)·2^(e-2)` for `MIN_EXP <= e < MAX_EXP` |
-//! | [`OVERFLOW_BUCKET`] | above `2^MAX_EXP` (34.4 s) |
+//! | index | holds values | native histogram |
+//! |---|---|---|
+//! | 0 | `0 ..= 119 ns` (2^-23 s) | the zero bucket, threshold 2^-23 s |
+//! | k, 1 <= k < [`FINITE_BUCKETS`] | `(2^((i-1)/4), 2^(i/4)]` s, `i = MIN_INDEX + k` | bucket `i` |
+//! | [`OVERFLOW_BUCKET`] | above 128 s (2^7 s) | bucket `MAX_INDEX + 1` (see [`MAX_INDEX`]) |
 //!
 //! The histogram also keeps the exact sum and count, so the mean is exact
 //! whatever the bucket resolution.
 
-/// log2 of the number of sub-buckets per power of two.
-pub const SUB_BUCKET_BITS: u32 = 2;
-/// Sub-buckets per power of two.
-pub const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
-/// Values up to `2^MIN_EXP` ns (128 ns) share the first bucket.
-pub const MIN_EXP: u32 = 7;
-/// The last finite bucket ends at `2^MAX_EXP` ns (about 34.4 s).
-pub const MAX_EXP: u32 = 35;
+/// The native-histogram schema of the buckets: 2^(2^-SCHEMA) = 2^(1/4)
+/// between boundaries.
+pub const SCHEMA: i32 = 2;
+/// The native bucket index of bucket 0's upper bound, 2^(-92/4) s = 2^-23 s
+/// (119.2 ns): the zero bucket's threshold.
+pub const MIN_INDEX: i32 = -92;
+/// The native bucket index of the last finite bucket, 2^(28/4) s = 128 s.
+/// Longer waits (a TCP connect retrying SYNs for minutes) share the
+/// overflow bucket, exported as native bucket `MAX_INDEX + 1`.
+pub const MAX_INDEX: i32 = 28;
 /// Buckets with a finite upper bound.
-pub const FINITE_BUCKETS: usize = 1 + (MAX_EXP - MIN_EXP) as usize * SUB_BUCKETS;
-/// Index of the bucket for values above `2^MAX_EXP` ns.
+pub const FINITE_BUCKETS: usize = (MAX_INDEX - MIN_INDEX + 1) as usize;
+/// Index of the bucket for values above 128 s.
 pub const OVERFLOW_BUCKET: usize = FINITE_BUCKETS;
 /// All buckets, the overflow bucket included.
 pub const BUCKETS: usize = FINITE_BUCKETS + 1;
+
+/// `floor(1e9 * 2^(i/4))` for `i` from [`MIN_INDEX`] to [`MAX_INDEX`]: the
+/// upper bound of each finite bucket in nanoseconds, then `u64::MAX` up to
+/// a power of two of entries, so that the search needs no bounds test.
+/// (Checked against an independent computation by the tests.)
+pub const THRESHOLDS_NS: [u64; SEARCH_SPAN] = {
+    let finite: [u64; FINITE_BUCKETS] = [
+        119,
+        141,
+        168,
+        200,
+        238,
+        283,
+        337,
+        400,
+        476,
+        567,
+        674,
+        801,
+        953,
+        1_134,
+        1_348,
+        1_603,
+        1_907,
+        2_268,
+        2_697,
+        3_207,
+        3_814,
+        4_536,
+        5_394,
+        6_415,
+        7_629,
+        9_072,
+        10_789,
+        12_831,
+        15_258,
+        18_145,
+        21_579,
+        25_662,
+        30_517,
+        36_291,
+        43_158,
+        51_324,
+        61_035,
+        72_583,
+        86_316,
+        102_648,
+        122_070,
+        145_166,
+        172_633,
+        205_296,
+        244_140,
+        290_333,
+        345_266,
+        410_593,
+        488_281,
+        580_667,
+        690_533,
+        821_187,
+        976_562,
+        1_161_335,
+        1_381_067,
+        1_642_375,
+        1_953_125,
+        2_322_670,
+        2_762_135,
+        3_284_751,
+        3_906_250,
+        4_645_340,
+        5_524_271,
+        6_569_503,
+        7_812_500,
+        9_290_680,
+        11_048_543,
+        13_139_006,
+        15_625_000,
+        18_581_361,
+        22_097_086,
+        26_278_012,
+        31_250_000,
+        37_162_722,
+        44_194_173,
+        52_556_025,
+        62_500_000,
+        74_325_444,
+        88_388_347,
+        105_112_051,
+        125_000_000,
+        148_650_889,
+        176_776_695,
+        210_224_103,
+        250_000_000,
+        297_301_778,
+        353_553_390,
+        420_448_207,
+        500_000_000,
+        594_603_557,
+        707_106_781,
+        840_896_415,
+        1_000_000_000,
+        1_189_207_115,
+        1_414_213_562,
+        1_681_792_830,
+        2_000_000_000,
+        2_378_414_230,
+        2_828_427_124,
+        3_363_585_661,
+        4_000_000_000,
+        4_756_828_460,
+        5_656_854_249,
+        6_727_171_322,
+        8_000_000_000,
+        9_513_656_920,
+        11_313_708_498,
+        13_454_342_644,
+        16_000_000_000,
+        19_027_313_840,
+        22_627_416_997,
+        26_908_685_288,
+        32_000_000_000,
+        38_054_627_680,
+        45_254_833_995,
+        53_817_370_576,
+        64_000_000_000,
+        76_109_255_360,
+        90_509_667_991,
+        107_634_741_152,
+        128_000_000_000,
+    ];
+    let mut padded = [u64::MAX; SEARCH_SPAN];
+    let mut i = 0;
+    while i < FINITE_BUCKETS {
+        padded[i] = finite[i];
+        i += 1;
+    }
+    padded
+};
+/// Entries searched: the power of two at or above [`BUCKETS`].
+pub const SEARCH_SPAN: usize = 128;
+const _: () = assert!(SEARCH_SPAN >= BUCKETS && SEARCH_SPAN.is_power_of_two());
 
 /// A latency histogram in nanoseconds, as stored in one map slot.
 ///
@@ -114,36 +264,43 @@ impl Histogram {
     }
 }
 
-/// The bucket that holds `value_ns`. Every u64 maps to an index below
-/// [`BUCKETS`]. Branch-light so that it verifies and runs cheaply in eBPF.
+/// The bucket that holds `value_ns`: how many thresholds lie below it.
+/// Every u64 maps to an index below [`BUCKETS`]. Seven branch-free steps
+/// of a binary search, each reading `THRESHOLDS_NS` at an index the
+/// verifier can bound (at most `SEARCH_SPAN - 1`).
 #[inline(always)]
-pub const fn bucket_index(value_ns: u64) -> usize {
-    if value_ns <= 1 << MIN_EXP {
-        return 0;
-    }
-    // Buckets are inclusive at the top, so classify v - 1 into half-open
-    // ranges [2^e + s*2^(e-2), 2^e + (s+1)*2^(e-2)).
-    let below = value_ns - 1;
-    let exp = 63 - below.leading_zeros();
-    if exp >= MAX_EXP {
-        return OVERFLOW_BUCKET;
-    }
-    let sub = (below >> (exp - SUB_BUCKET_BITS)) as usize & (SUB_BUCKETS - 1);
-    1 + (exp - MIN_EXP) as usize * SUB_BUCKETS + sub
+pub fn bucket_index(value_ns: u64) -> usize {
+    bucket_index_with(value_ns, |i| THRESHOLDS_NS[i & (SEARCH_SPAN - 1)])
 }
 
-/// The inclusive upper bound of bucket `index` in nanoseconds, or `None` for
-/// the overflow bucket (and any index past it): Prometheus' `+Inf`.
-pub const fn bucket_upper_bound_ns(index: usize) -> Option<u64> {
-    if index == 0 {
-        return Some(1 << MIN_EXP);
+/// [`bucket_index`] reading the thresholds through `threshold`, so that the
+/// kernel side can hide the index from LLVM (see `ebpf/src/histogram.rs`).
+#[inline(always)]
+pub fn bucket_index_with(value_ns: u64, threshold: impl Fn(usize) -> u64) -> usize {
+    let mut below = 0usize;
+    let mut step = SEARCH_SPAN / 2;
+    while step > 0 {
+        if threshold(below + step - 1) < value_ns {
+            below += step;
+        }
+        step /= 2;
     }
+    below
+}
+
+/// The inclusive upper bound of bucket `index` in nanoseconds (floored),
+/// or `None` for the overflow bucket (and any index past it): `+Inf`.
+pub const fn bucket_upper_bound_ns(index: usize) -> Option<u64> {
     if index >= FINITE_BUCKETS {
         return None;
     }
-    let exp = MIN_EXP + ((index - 1) / SUB_BUCKETS) as u32;
-    let sub = ((index - 1) % SUB_BUCKETS) as u64;
-    Some((1 << exp) + ((sub + 1) << (exp - SUB_BUCKET_BITS)))
+    Some(THRESHOLDS_NS[index])
+}
+
+/// The native-histogram bucket index of bucket `index` (> 0): its upper
+/// bound is 2^(native/4) s. Bucket 0 is the zero bucket instead.
+pub const fn native_index(index: usize) -> i32 {
+    MIN_INDEX + index as i32
 }
 
 #[cfg(test)]
@@ -162,6 +319,42 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_are_floored_quarter_powers_of_two_of_a_second() {
+        for (k, threshold) in THRESHOLDS_NS.iter().enumerate() {
+            if k >= FINITE_BUCKETS {
+                assert_eq!(*threshold, u64::MAX, "padding at {k}");
+                continue;
+            }
+            let exact = 1e9 * f64::powf(2.0, f64::from(native_index(k)) / 4.0);
+            assert_eq!(*threshold, exact.floor() as u64, "threshold {k}");
+        }
+        assert_eq!(bucket_upper_bound_ns(0), Some(119));
+        assert_eq!(
+            bucket_upper_bound_ns(FINITE_BUCKETS - 1),
+            Some(128_000_000_000)
+        );
+        // 1 s is bucket index 0 of the native schema.
+        assert_eq!(THRESHOLDS_NS[(-MIN_INDEX) as usize], 1_000_000_000);
+        assert_eq!(bucket_upper_bound_ns(OVERFLOW_BUCKET), None);
+    }
+
+    #[test]
+    fn at_below_and_above_each_threshold() {
+        for k in 0..FINITE_BUCKETS {
+            let Some(t) = bucket_upper_bound_ns(k) else {
+                panic!("finite bucket {k} without a bound");
+            };
+            assert_eq!(bucket_index(t), k, "at {t}");
+            assert_eq!(bucket_index(t + 1), k + 1, "just above {t}");
+            if k > 0 {
+                assert_eq!(bucket_index(t - 1), k, "just below {t}");
+            }
+        }
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(u64::MAX), OVERFLOW_BUCKET);
+    }
+
+    #[test]
     fn upper_bounds_strictly_increase() {
         let bounds: [Option<u64>; BUCKETS] = core::array::from_fn(bucket_upper_bound_ns);
         for pair in bounds[..FINITE_BUCKETS].windows(2) {
@@ -171,8 +364,6 @@ mod tests {
             assert!(lower < upper, "{lower} !< {upper}");
         }
         assert_eq!(bounds[OVERFLOW_BUCKET], None);
-        assert_eq!(bounds[0], Some(128));
-        assert_eq!(bounds[FINITE_BUCKETS - 1], Some(1 << MAX_EXP));
     }
 
     #[test]
@@ -183,7 +374,10 @@ mod tests {
             if let Some(upper) = bucket_upper_bound_ns(i) {
                 assert!(v <= upper, "{v} above its bucket's bound {upper}");
             } else {
-                assert!(v > 1 << MAX_EXP, "{v} in overflow but fits a finite bucket");
+                assert!(
+                    v > 128_000_000_000,
+                    "{v} in overflow but fits a finite bucket"
+                );
             }
             if i > 0 {
                 let below = bucket_upper_bound_ns(i - 1).unwrap_or(u64::MAX);
@@ -202,16 +396,17 @@ mod tests {
     }
 
     #[test]
-    fn buckets_resolve_a_quarter_of_each_power_of_two() {
+    fn buckets_grow_by_the_fourth_root_of_two() {
         for i in 2..FINITE_BUCKETS {
             let (Some(lo), Some(hi)) = (bucket_upper_bound_ns(i - 1), bucket_upper_bound_ns(i))
             else {
                 panic!("finite bucket {i} without a bound");
             };
-            // Width over lower edge: at most 1/4 (exactly 1/4 at each power of two).
+            let ratio = hi as f64 / lo as f64;
+            // 2^(1/4) = 1.1892, give or take the flooring of small bounds.
             assert!(
-                (hi - lo) * 4 <= lo,
-                "bucket {i}: ({lo}, {hi}] wider than 25%"
+                (ratio - 1.189_207).abs() < 0.01,
+                "bucket {i}: ({lo}, {hi}] grows by {ratio}"
             );
         }
     }

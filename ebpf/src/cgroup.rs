@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use hostscope_common::{
     cgroup::{CgroupKey, OTHER_CGROUP, overflow_slot},
-    histogram::{BUCKETS, Histogram, bucket_index},
+    histogram::{BUCKETS, Histogram},
 };
 
 use crate::maps::{add, count, read_at};
@@ -137,7 +137,7 @@ pub fn record(map: &HashMap<CgroupKey, Histogram>, key: CgroupKey, value_ns: u64
     }) else {
         return false;
     };
-    let index = crate::histogram::opaque(bucket_index(value_ns));
+    let index = crate::histogram::bucket(value_ns);
     if index >= BUCKETS {
         return false;
     }

@@ -100,11 +100,24 @@ fn histogram_matches_schedstat_of_all_threads() {
 const PER_WAIT_SKEW_NS: f64 = 1500.0;
 
 /// The exported histogram is well formed: cumulative buckets never decrease,
-/// `+Inf` equals `_count`, and there are at least 4 buckets per power of two
-/// between 1 us and 1 s.
+/// `+Inf` equals `_count`, and with `--classic-buckets fine` there are at
+/// least 4 buckets per power of two between 1 us and 1 ms, on the native
+/// schema-2 boundaries 2^(i/4) s; by default, under 25 (coarse).
 #[test]
 fn exported_histogram_is_well_formed() {
-    let daemon = Daemon::start("sched");
+    let coarse = Daemon::start("sched");
+    let _workload = Workload::new()
+        .spinners(2, 0, Duration::from_millis(100))
+        .run();
+    let default = runq(&coarse);
+    assert!(
+        default.buckets.len() < 25,
+        "{} le values by default",
+        default.buckets.len()
+    );
+    drop(coarse);
+
+    let daemon = Daemon::start_with("sched", &["--classic-buckets", "fine"]);
     let _workload = Workload::new()
         .spinners(2, 0, Duration::from_millis(300))
         .run();
@@ -130,6 +143,13 @@ fn exported_histogram_is_well_formed() {
         .count();
     // 1 us .. 1 ms spans log2(1000) ~ 9.97 powers of two.
     assert!(decade >= 39, "only {decade} buckets between 1 us and 1 ms");
+    for (le, _) in &histogram.buckets[..histogram.buckets.len() - 1] {
+        let quarter_powers = 4.0 * le.log2();
+        assert!(
+            (quarter_powers - quarter_powers.round()).abs() < 1e-9,
+            "le {le} is not a power of 2^(1/4)"
+        );
+    }
 }
 
 /// `hostscope hist sched` and `/metrics` see the same events. The terminal

@@ -24,16 +24,22 @@ pub struct Family {
     pub layout: Layout,
 }
 
-/// How many buckets a histogram is exported with. The kernel always keeps
-/// the fine layout; the coarse one adds up groups of its buckets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many classic (`le`) buckets a histogram is exported with. The
+/// kernel always keeps the fine layout; the coarse one adds up groups of
+/// its buckets. Ordered from fewest buckets to most, so that the coarser
+/// of two layouts is their minimum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Layout {
-    /// Four buckets per power of two (116 series per histogram).
+    /// Only `+Inf` (with `_sum` and `_count`): the distribution travels as
+    /// a native histogram only.
+    None,
+    /// One bucket per power of four (16 `le` values, 18 series per
+    /// histogram).
+    Coarse,
+    /// Every kernel bucket: four per power of two (122 `le` values, 124
+    /// series per histogram).
     #[default]
     Fine,
-    /// One bucket per factor of four (18 series per histogram), for
-    /// per-cgroup series.
-    Coarse,
 }
 
 /// A family's series: latency histograms (in seconds when exported) or

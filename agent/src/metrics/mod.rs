@@ -18,7 +18,7 @@ use std::io::Write as _;
 use bytes::Bytes;
 use flate2::{Compression, write::GzEncoder};
 
-use hostscope_common::histogram::{BUCKETS, Histogram, MAX_EXP, MIN_EXP, bucket_upper_bound_ns};
+use hostscope_common::histogram::{BUCKETS, FINITE_BUCKETS, Histogram, native_index};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, NoLabelSet, text},
@@ -59,7 +59,12 @@ impl Metrics {
     /// Metrics for the given collectors; with `programs`, the run time
     /// and count of each loaded eBPF program too, while the kernel's
     /// statistics are on (`stats_held`: the daemon turned them on).
-    pub fn new(collectors: Arc<Collectors>, programs: Option<(Arc<Mutex<Probes>>, bool)>) -> Self {
+    /// Histograms get at most `classic` classic buckets.
+    pub fn new(
+        collectors: Arc<Collectors>,
+        programs: Option<(Arc<Mutex<Probes>>, bool)>,
+        classic: Layout,
+    ) -> Self {
         let scrape_errors = collectors
             .running
             .iter()
@@ -70,6 +75,7 @@ impl Metrics {
             collectors,
             programs,
             scrape_errors,
+            classic,
         }));
         Self {
             registry,
@@ -119,6 +125,8 @@ struct ScrapeTime {
     programs: Option<(Arc<Mutex<Probes>>, bool)>,
     /// Failed map reads, per running collector.
     scrape_errors: Vec<(CollectorKind, AtomicU64)>,
+    /// The finest classic layout any histogram gets.
+    classic: Layout,
 }
 
 impl std::fmt::Debug for ScrapeTime {
@@ -162,7 +170,7 @@ impl Collector for ScrapeTime {
 
         for (kind, collector) in &self.collectors.running {
             match collector.read() {
-                Ok(families) => encode_families(&mut encoder, &families)?,
+                Ok(families) => encode_families(&mut encoder, &families, self.classic)?,
                 // A scrape never fails for one unreadable map: log, count
                 // and leave it out.
                 Err(err) => {
@@ -185,7 +193,7 @@ impl Collector for ScrapeTime {
                 .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
         }
         if let Some(overflow) = self.collectors.overflow_family() {
-            encode_families(&mut encoder, &[overflow])?;
+            encode_families(&mut encoder, &[overflow], self.classic)?;
         }
         if let Some(attribution) = &self.collectors.attribution {
             let admitted = i64::try_from(attribution.admitted()).unwrap_or(i64::MAX);
@@ -334,6 +342,7 @@ fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error
 fn encode_families(
     encoder: &mut DescriptorEncoder,
     families: &[Family],
+    classic: Layout,
 ) -> Result<(), std::fmt::Error> {
     for family in families {
         match &family.values {
@@ -341,7 +350,7 @@ fn encode_families(
                 encoder,
                 family.name,
                 family.help,
-                family.layout,
+                family.layout.min(classic),
                 series.iter().map(|(labels, h)| (labels.as_slice(), h)),
             )?,
             Values::Counters(series) => {
@@ -366,21 +375,24 @@ fn encode_families(
     Ok(())
 }
 
-/// Upper bounds of every bucket in seconds, `+Inf` for the overflow bucket.
+/// Upper bounds of every bucket in seconds, `+Inf` for the overflow bucket:
+/// 2^(i/4) exactly as Prometheus computes native-histogram boundaries, so
+/// that classic and native buckets agree.
 static BOUNDS_SECONDS: LazyLock<[f64; BUCKETS]> = LazyLock::new(|| {
-    std::array::from_fn(|i| bucket_upper_bound_ns(i).map_or(f64::INFINITY, |ns| ns as f64 / 1e9))
+    std::array::from_fn(|k| {
+        if k < FINITE_BUCKETS {
+            f64::exp2(f64::from(native_index(k)) / 4.0)
+        } else {
+            f64::INFINITY
+        }
+    })
 });
 
-/// Whether fine bucket `index` ends a coarse bucket: its upper bound is
-/// 128 ns times a power of 4 (128 ns, 512 ns, 2 us, ... 34 s), or it is the
-/// overflow bucket.
+/// Whether kernel bucket `index` ends a coarse bucket: its upper bound is
+/// a power of four seconds (2^-22 s = 238 ns, 954 ns, 3.8 us, ... 16 s,
+/// 64 s), or it is the overflow bucket.
 fn ends_coarse_bucket(index: usize) -> bool {
-    match bucket_upper_bound_ns(index) {
-        Some(bound) => {
-            bound.is_power_of_two() && (bound.trailing_zeros() - MIN_EXP).is_multiple_of(2)
-        }
-        None => true,
-    }
+    index >= FINITE_BUCKETS || native_index(index).rem_euclid(8) == 0
 }
 
 /// `(upper bound in seconds, count)` of each exported bucket.
@@ -407,11 +419,12 @@ fn buckets(histogram: &Histogram, layout: Layout) -> Vec<(f64, u64)> {
             }
             out
         }
+        Layout::None => vec![(f64::INFINITY, histogram.count)],
     }
 }
 
 /// Buckets of the coarse layout, `+Inf` included.
-pub const COARSE_BUCKETS: usize = 1 + (MAX_EXP - MIN_EXP) as usize / 2 + 1;
+pub const COARSE_BUCKETS: usize = 16;
 
 /// Encodes one histogram family `<name>_seconds` (with `_bucket`, `_sum`
 /// and `_count`): one series per label set, or a single unlabelled one.
@@ -449,7 +462,7 @@ mod tests {
 
     impl Collector for Fixed {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_families(&mut encoder, &self.0)
+            encode_families(&mut encoder, &self.0, Layout::Fine)
         }
     }
 
@@ -569,13 +582,13 @@ mod tests {
         assert_eq!(buckets.len(), COARSE_BUCKETS, "{text}");
         assert_eq!(COARSE_BUCKETS, 16);
         for (bound, cumulative) in [
-            ("1.28e-7", 1),
-            ("5.12e-7", 3),
-            ("0.000002048", 4),
-            ("0.000008192", 5),
-            ("0.000524288", 5),
-            ("0.002097152", 6),
-            ("34.359738368", 6),
+            ("2.384185791015625e-7", 2),
+            ("9.5367431640625e-7", 4),
+            ("0.000003814697265625", 5),
+            ("0.0009765625", 5),
+            ("0.00390625", 6),
+            ("16.0", 6),
+            ("64.0", 7),
             ("+Inf", 7),
         ] {
             let line = format!(
@@ -587,5 +600,50 @@ mod tests {
             text.contains("test_latency_seconds_count{cgroup=\"/a\"} 7\n"),
             "{text}"
         );
+    }
+
+    /// `--classic-buckets none` leaves only `+Inf`, and a family is never
+    /// finer than the classic layout asked for.
+    #[test]
+    fn classic_layout_caps_every_family() {
+        let mut histogram = Histogram::ZERO;
+        histogram.record(1_000);
+        histogram.record(2_000);
+        let family = |layout| {
+            Family::histograms(
+                "test_latency",
+                "latency",
+                "Test latency.",
+                vec![(Vec::new(), histogram)],
+                layout,
+            )
+        };
+        let encoded = |classic, layout| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Capped(vec![family(layout)], classic)));
+            let mut out = String::new();
+            text::encode(&mut out, &registry).expect("encodes");
+            out.lines()
+                .filter(|l| l.starts_with("test_latency_seconds_bucket"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            encoded(Layout::None, Layout::Fine),
+            vec!["test_latency_seconds_bucket{le=\"+Inf\"} 2".to_owned()]
+        );
+        assert_eq!(encoded(Layout::Coarse, Layout::Fine).len(), COARSE_BUCKETS);
+        assert_eq!(encoded(Layout::Fine, Layout::Coarse).len(), COARSE_BUCKETS);
+        assert_eq!(encoded(Layout::Fine, Layout::Fine).len(), BUCKETS);
+    }
+
+    /// Encodes fixed families under a classic layout.
+    #[derive(Debug)]
+    struct Capped(Vec<Family>, Layout);
+
+    impl Collector for Capped {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_families(&mut encoder, &self.0, self.1)
+        }
     }
 }

@@ -107,7 +107,8 @@ pub fn kernel() -> anyhow::Result<()> {
 /// Tools the integration tests call: bpftool (which programs are loaded),
 /// setpriv (running hostscope without privileges), losetup (loop devices),
 /// fio (deep block queues), ip (network namespaces), cc (test programs),
-/// go (`go tool pprof`) and promtool (linting the exposition).
+/// go (`go tool pprof`), promtool (linting the exposition and the rule files)
+/// and prometheus (evaluating the dashboard's and the rules' queries).
 pub fn test_tools() -> anyhow::Result<()> {
     apt_install_missing(&[
         ("bpftool", "bpftool"),
@@ -118,6 +119,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("cc", "gcc"),
         ("go", "golang-go"),
         ("promtool", "prometheus"),
+        ("prometheus", "prometheus"),
     ])
 }
 

@@ -1,0 +1,769 @@
+//! The files in deploy/ against the real thing: promtool checks and
+//! unit-tests the rules; and a real Prometheus, scraping the real daemon
+//! while a workload fills every histogram, answers every query of the
+//! Grafana dashboard and every rule with data.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use hostscope_tests::{
+    blockdev::LoopDevice,
+    daemon::{Daemon, free_local_addr},
+    exposition::Exposition,
+    netns::NetnsPair,
+    workload::{Workload, other_cpu},
+};
+use serde_json::Value;
+
+/// What the dashboard's `$__rate_interval` and `$__interval` stand for in
+/// these queries: Grafana makes the first at least four scrape intervals
+/// (here 1 s), and the test leaves room for a slow scrape or two.
+const RATE_INTERVAL: &str = "30s";
+const INTERVAL: &str = "5s";
+
+/// How long the queries may take to have data once the workload is done.
+const DATA_DEADLINE: Duration = Duration::from_secs(60);
+
+const HISTOGRAMS: [&str; 4] = [
+    "hostscope_runqueue_latency_seconds",
+    "hostscope_block_io_latency_seconds",
+    "hostscope_tcp_rtt_seconds",
+    "hostscope_tcp_connect_latency_seconds",
+];
+
+/// The repository's root, where promtool runs and the deploy/ files are.
+fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .canonicalize()
+        .expect("the repository root")
+}
+
+fn deploy(path: &str) -> PathBuf {
+    repo_root().join("deploy").join(path)
+}
+
+/// Runs promtool with `args` in the repository root and fails with its
+/// output unless it succeeds.
+fn promtool(args: &[&str]) {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("promtool (Debian package prometheus; cargo xtask test installs it)");
+    assert!(
+        output.status.success(),
+        "promtool {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Both rule files are valid, the example config loads them, and the
+/// rules' unit tests (every alert firing and not, the percentiles'
+/// values) pass.
+#[test]
+fn promtool_checks_and_tests_the_rules() {
+    promtool(&[
+        "check",
+        "rules",
+        "deploy/prometheus/recording-rules.yml",
+        "deploy/prometheus/alert-rules.yml",
+    ]);
+    promtool(&["test", "rules", "deploy/prometheus/rules-test.yml"]);
+    promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(deploy("grafana/hostscope.json")).expect("the dashboard");
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// The panels that draw something (not rows).
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|panel| panel["type"] != "row")
+        .collect()
+}
+
+/// The dashboard's template variables.
+fn variables(dashboard: &Value) -> &Vec<Value> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+}
+
+/// What Grafana would import: a Prometheus data source variable that every
+/// panel and query variable uses, the host, disk and cgroup variables,
+/// panels that do not overlap, and a heatmap of every histogram.
+#[test]
+fn dashboard_is_well_formed() {
+    let dashboard = dashboard();
+    assert!(
+        dashboard["schemaVersion"].as_u64().expect("schemaVersion") >= 36,
+        "a dashboard for Grafana 10 and 11"
+    );
+    assert!(dashboard["id"].is_null(), "no id: Grafana assigns one");
+    assert_eq!(dashboard["uid"], "hostscope");
+
+    let variables = variables(&dashboard);
+    let source = variables
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(source["type"], "datasource");
+    assert_eq!(source["query"], "prometheus");
+    let this_source = serde_json::json!({"type": "prometheus", "uid": "${datasource}"});
+    for name in ["job", "instance", "device", "op", "cgroup"] {
+        let variable = variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"));
+        assert_eq!(variable["type"], "query", "{name}");
+        assert_eq!(variable["datasource"], this_source, "{name}");
+        let definition = variable["definition"].as_str().expect("definition");
+        assert!(
+            definition.starts_with("label_values("),
+            "{name}: {definition}"
+        );
+        assert_eq!(variable["query"]["query"], definition, "{name}");
+        assert_eq!(variable["includeAll"], true, "{name}");
+    }
+
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let id = panel["id"].as_u64().expect("a panel id");
+        assert!(ids.insert(id), "panel id {id} used twice");
+    }
+    let panels = panels(&dashboard);
+    let mut placed: Vec<(&str, [u64; 4])> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("a title");
+        let at = |key: &str| panel["gridPos"][key].as_u64().expect("gridPos");
+        let rect = [at("x"), at("y"), at("w"), at("h")];
+        assert!(
+            rect[0] + rect[2] <= 24,
+            "{title} is wider than the dashboard"
+        );
+        for (other, o) in &placed {
+            let apart = rect[0] + rect[2] <= o[0]
+                || o[0] + o[2] <= rect[0]
+                || rect[1] + rect[3] <= o[1]
+                || o[1] + o[3] <= rect[1];
+            assert!(apart, "{title} overlaps {other}");
+        }
+        placed.push((title, rect));
+    }
+    for panel in &panels {
+        let title = panel["title"].as_str().expect("a title");
+        assert_eq!(panel["datasource"], this_source, "{title}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        let mut refs = BTreeSet::new();
+        for target in targets {
+            assert_eq!(target["datasource"], this_source, "{title}");
+            assert!(
+                refs.insert(target["refId"].as_str().expect("refId")),
+                "{title}: refId used twice"
+            );
+            let expr = target["expr"].as_str().expect("expr");
+            if panel["type"] == "heatmap" {
+                assert_eq!(target["format"], "heatmap", "{title}");
+                assert_eq!(target["legendFormat"], "{{le}}", "{title}");
+                assert!(
+                    expr.starts_with("sum by (le) (rate(") && expr.contains("[$__rate_interval]"),
+                    "{title}: {expr}"
+                );
+            }
+        }
+    }
+    for histogram in HISTOGRAMS {
+        let bucket = format!("{histogram}_bucket{{");
+        assert!(
+            panels.iter().any(|panel| panel["type"] == "heatmap"
+                && panel["targets"][0]["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&bucket))),
+            "no heatmap of {histogram}"
+        );
+    }
+}
+
+/// A real Prometheus with its own storage in a temporary directory,
+/// killed and its directory removed on drop (even when the test fails).
+struct Prometheus {
+    child: Option<Child>,
+    dir: PathBuf,
+    addr: SocketAddr,
+    agent: ureq::Agent,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` every second as job
+    /// `hostscope`, with both rule files evaluated every second, and waits
+    /// until it is ready.
+    fn start(target: SocketAddr) -> Prometheus {
+        let addr = free_local_addr();
+        let dir = std::env::temp_dir().join(format!(
+            "hostscope-test-prometheus-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::create_dir_all(dir.join("data")).expect("create Prometheus' directory");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - '{}'\n  - '{}'\n\
+             scrape_configs:\n  - job_name: hostscope\n    static_configs:\n      - targets: ['{target}']\n",
+            deploy("prometheus/recording-rules.yml").display(),
+            deploy("prometheus/alert-rules.yml").display(),
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write the config");
+        let log = File::create(dir.join("prometheus.log")).expect("create Prometheus' log");
+        let mut prometheus = Prometheus {
+            child: None,
+            dir: dir.clone(),
+            addr,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into(),
+        };
+        prometheus.child = Some(
+            Command::new("/usr/bin/prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect(
+                    "/usr/bin/prometheus (Debian package prometheus; cargo xtask test installs it)",
+                ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = prometheus
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("Prometheus exited ({status}); log:\n{}", prometheus.log());
+            }
+            if prometheus.get("/-/ready", &[]).0 == 200 {
+                return prometheus;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus was not ready within 20 s; log:\n{}",
+                prometheus.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GETs `path` with `query` parameters: the status and the body.
+    fn get(&self, path: &str, query: &[(&str, &str)]) -> (u16, String) {
+        let mut request = self.agent.get(format!("http://{}{path}", self.addr));
+        for (key, value) in query {
+            request = request.query(*key, *value);
+        }
+        match request.call() {
+            Ok(mut response) => (
+                response.status().as_u16(),
+                response.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// GETs an API endpoint and returns its `data`, failing on any answer
+    /// but `status: success`.
+    fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let (status, body) = self.get(path, query);
+        let answer: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("GET {path} {query:?}: HTTP {status}: {body}"));
+        assert_eq!(
+            answer["status"], "success",
+            "GET {path} {query:?}: HTTP {status}: {body}"
+        );
+        answer["data"].clone()
+    }
+
+    /// The series an instant query returns now.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let data = self.api("/api/v1/query", &[("query", expr)]);
+        assert_eq!(data["resultType"], "vector", "{expr}: {data}");
+        data["result"].as_array().expect("result").clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `expr` with the dashboard's variables replaced as in a query Grafana
+/// sends with "All" selected: `$__rate_interval` and `$__interval` by
+/// durations, template variables (all used with `=~`) by `.*`. Fails on a
+/// variable the dashboard does not define.
+fn substitute(expr: &str, variables: &[String]) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut rest = expr;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced.find('}').expect("a closing brace");
+                (&braced[..end], end + 2)
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        out.push_str(match name {
+            "__rate_interval" => RATE_INTERVAL,
+            "__interval" => INTERVAL,
+            _ if variables.iter().any(|v| v == name) => ".*",
+            _ => panic!("${name} in {expr} is no variable of the dashboard"),
+        });
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The left-hand side of an alert's expression, its threshold comparison
+/// (the last comparison outside any brackets or strings, against a number)
+/// removed: the series the alert compares, which must exist even when no
+/// alert fires.
+fn without_threshold(expr: &str) -> &str {
+    let bytes = expr.as_bytes();
+    let (mut depth, mut quote, mut last) = (0i32, None, None);
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(q) if c == b'\\' && q != b'`' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                b'"' | b'\'' | b'`' => quote = Some(c),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                b'>' | b'<' | b'=' | b'!' if depth == 0 => {
+                    let two = bytes.get(i + 1) == Some(&b'=');
+                    if c != b'=' && c != b'!' || two {
+                        last = Some((i, i + if two { 2 } else { 1 }));
+                    }
+                    if two {
+                        i += 1;
+                    }
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    let (start, end) = last.unwrap_or_else(|| panic!("no threshold comparison in {expr}"));
+    let threshold = expr[end..].trim();
+    assert!(
+        threshold.parse::<f64>().is_ok(),
+        "{expr} does not end in a comparison with a number"
+    );
+    expr[..start].trim()
+}
+
+#[test]
+fn thresholds_are_found() {
+    assert_eq!(without_threshold("up{job=\"x\"} == 0"), "up{job=\"x\"}");
+    assert_eq!(
+        without_threshold("a:b:c{op=~\"read|write\"} > 0.1"),
+        "a:b:c{op=~\"read|write\"}"
+    );
+    assert_eq!(
+        without_threshold("(label_replace(x, \"a\", \">\", \"\", \"\") or y offset 15m) >= 2"),
+        "(label_replace(x, \"a\", \">\", \"\", \"\") or y offset 15m)"
+    );
+}
+
+/// The metric names in `expr` that hostscope serves (`hostscope_*`,
+/// `process_*`), leaving out recorded series (`level:metric:ops`).
+fn metric_names(expr: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut start = None;
+    for (i, c) in expr.char_indices().chain([(expr.len(), ' ')]) {
+        match (start, is_name(c)) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                let word = &expr[s..i];
+                if !word.contains(':')
+                    && (word.starts_with("hostscope_") || word.starts_with("process_"))
+                {
+                    names.push(word);
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// The sample names the exposition declares: each `# TYPE` family, with
+/// `_bucket`, `_sum` and `_count` for histograms.
+fn declared_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+        names.insert(name.to_owned());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    names
+}
+
+/// Context switches, block I/O measured and dropped, loopback TCP connects
+/// (and refused ones), and retransmissions. Returns the loop device, which
+/// must stay attached for its series to stay in /metrics.
+fn workload() -> LoopDevice {
+    // Three threads spinning on one CPU queue behind each other.
+    drop(
+        Workload::new()
+            .spinners(3, other_cpu(), Duration::from_millis(600))
+            .run(),
+    );
+
+    // Direct I/O one request at a time is measured; fio's 128 at once
+    // overflow the daemon's 32-request map, and some are dropped.
+    let device = LoopDevice::create(64);
+    device.direct_io(100, true);
+    device.direct_io(100, false);
+    device.fio(64, 2, 2);
+
+    // Loopback connects with a little echo each, and refused ones.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
+    let addr = listener.local_addr().expect("address");
+    const CONNECTS: usize = 300;
+    let echo = std::thread::spawn(move || {
+        for _ in 0..CONNECTS {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut buffer = [0u8; 16];
+            stream.read_exact(&mut buffer).expect("read");
+            stream.write_all(&buffer).expect("echo");
+        }
+    });
+    for i in 0..CONNECTS {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let sent = [i as u8; 16];
+        stream.write_all(&sent).expect("send");
+        let mut echoed = [0u8; 16];
+        stream.read_exact(&mut echoed).expect("echo");
+        assert_eq!(echoed, sent);
+    }
+    echo.join().expect("echo thread");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address");
+    for _ in 0..5 {
+        assert!(TcpStream::connect(closed).is_err(), "{closed} is closed");
+    }
+
+    // Segments lost for a while between two namespaces are retransmitted.
+    let pair = NetnsPair::create();
+    let (mut client, mut server) = pair.connect_a_to_b(7002);
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while matches!(server.read(&mut buffer), Ok(n) if n > 0) {}
+    });
+    client.set_nodelay(true).expect("nodelay");
+    let write_for = |client: &mut TcpStream, how_long: Duration| {
+        let end = Instant::now() + how_long;
+        while Instant::now() < end {
+            client.write_all(&[7u8; 100]).expect("send");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    write_for(&mut client, Duration::from_millis(100));
+    pair.set_b_reachable(false);
+    write_for(&mut client, Duration::from_millis(900));
+    pair.set_b_reachable(true);
+    write_for(&mut client, Duration::from_millis(1000));
+    drop(client);
+    reader.join().expect("reader");
+    device
+}
+
+/// One query that must return at least one series.
+struct Check {
+    what: String,
+    expr: String,
+    done: bool,
+}
+
+/// A real Prometheus scrapes the daemon (every collector, per cgroup, with
+/// BPF statistics) every second and evaluates both rule files every second,
+/// while a workload gives every histogram and counter data. Then every
+/// query the dashboard makes (its panels' and its variables', with "All"
+/// selected), every recording rule's expression and recorded series, and
+/// every alert's expression without its threshold (the series it compares)
+/// return at least one series; every metric name they use is one the
+/// daemon declares; every rule evaluates without error; and the drops
+/// alert fires for the block requests the workload made the daemon drop.
+#[test]
+fn every_query_has_data() {
+    let started = Instant::now();
+    let daemon = Daemon::start_with(
+        "sched,block,tcp",
+        &["--by-cgroup", "--bpf-stats", "--block-max-inflight", "32"],
+    );
+    let prometheus = Prometheus::start(daemon.addr);
+    let device = workload();
+    let worked = started.elapsed();
+
+    // The workload reached every family the queries use.
+    let (status, text) = daemon.get("/metrics");
+    assert_eq!(status, 200, "GET /metrics");
+    let exposition = Exposition::parse(&text);
+    let total = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        exposition.matching(name, labels).map(|s| s.value).sum()
+    };
+    for histogram in HISTOGRAMS {
+        let count = total(&format!("{histogram}_count"), &[]);
+        assert!(count > 0.0, "{histogram} has no observations");
+    }
+    let dropped = total(
+        "hostscope_block_io_dropped_total",
+        &[("device", device.name.as_str())],
+    );
+    assert!(
+        dropped > 0.0,
+        "fio made the daemon drop no request on {}",
+        device.name
+    );
+    assert!(
+        total("hostscope_tcp_retransmits_total", &[]) > 0.0,
+        "no retransmission counted"
+    );
+    let declared = declared_names(&text);
+
+    // Every query: the dashboard's panels and variables...
+    let dashboard = dashboard();
+    let names: Vec<String> = variables(&dashboard)
+        .iter()
+        .map(|v| v["name"].as_str().expect("name").to_owned())
+        .collect();
+    let mut checks = Vec::new();
+    for panel in panels(&dashboard) {
+        for target in panel["targets"].as_array().expect("targets") {
+            checks.push(Check {
+                what: format!("panel {:?} query {}", panel["title"], target["refId"]),
+                expr: substitute(target["expr"].as_str().expect("expr"), &names),
+                done: false,
+            });
+        }
+    }
+    let panel_queries = checks.len();
+    for variable in variables(&dashboard)
+        .iter()
+        .filter(|v| v["type"] == "query")
+    {
+        // label_values(SELECTOR, LABEL) lists LABEL's values among the series
+        // SELECTOR selects.
+        let definition = variable["definition"].as_str().expect("definition");
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .expect("label_values(selector, label)");
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
+        checks.push(Check {
+            what: format!("variable {}", variable["name"]),
+            expr: substitute(&format!("count by ({}) ({selector})", label.trim()), &names),
+            done: false,
+        });
+    }
+    let variable_queries = checks.len() - panel_queries;
+
+    // ...and the rules, as Prometheus loaded them from the files.
+    let files_rules: usize = ["recording-rules.yml", "alert-rules.yml"]
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(deploy(&format!("prometheus/{file}")))
+                .expect("rule file")
+                .lines()
+                .filter(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("- record:") || l.starts_with("- alert:")
+                })
+                .count()
+        })
+        .sum();
+    let groups = prometheus.api("/api/v1/rules", &[]);
+    let rules: Vec<Value> = groups["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules").clone())
+        .collect();
+    assert_eq!(
+        rules.len(),
+        files_rules,
+        "Prometheus loaded {} rules of the files' {files_rules}",
+        rules.len()
+    );
+    for rule in &rules {
+        let name = rule["name"].as_str().expect("name");
+        let query = rule["query"].as_str().expect("query");
+        if rule["type"] == "recording" {
+            checks.push(Check {
+                what: format!("recording rule {name}"),
+                expr: query.to_owned(),
+                done: false,
+            });
+            checks.push(Check {
+                what: format!("recorded series {name}"),
+                expr: name.to_owned(),
+                done: false,
+            });
+        } else {
+            checks.push(Check {
+                what: format!("alert {name} without its threshold"),
+                expr: without_threshold(query).to_owned(),
+                done: false,
+            });
+        }
+    }
+    let rule_queries = checks.len() - panel_queries - variable_queries;
+    for check in &checks {
+        for name in metric_names(&check.expr) {
+            assert!(
+                declared.contains(name),
+                "{}: the daemon serves no {name}: {}",
+                check.what,
+                check.expr
+            );
+        }
+    }
+
+    // Poll until each has data; a query Prometheus rejects fails at once.
+    let polling = Instant::now();
+    let deadline = polling + DATA_DEADLINE;
+    let loop_device = device.name.clone();
+    let mut rules_ok = false;
+    let mut drops_alert = false;
+    loop {
+        for check in checks.iter_mut().filter(|c| !c.done) {
+            check.done = !prometheus.query(&check.expr).is_empty();
+        }
+        if !rules_ok {
+            let groups = prometheus.api("/api/v1/rules", &[]);
+            let mut unevaluated = 0;
+            for rule in groups["groups"]
+                .as_array()
+                .expect("groups")
+                .iter()
+                .flat_map(|g| g["rules"].as_array().expect("rules"))
+            {
+                assert_ne!(
+                    rule["health"], "err",
+                    "rule {} fails: {}",
+                    rule["name"], rule["lastError"]
+                );
+                if rule["health"] != "ok" {
+                    unevaluated += 1;
+                }
+            }
+            rules_ok = unevaluated == 0;
+        }
+        if !drops_alert {
+            let alerts = prometheus.api("/api/v1/alerts", &[]);
+            for alert in alerts["alerts"].as_array().expect("alerts") {
+                // The latency alerts may be pending on a busy machine.
+                let name = &alert["labels"]["alertname"];
+                assert!(
+                    name != "HostscopeDown" && name != "HostscopeCollectorDown",
+                    "the daemon is up, and all its collectors: {alert}"
+                );
+                drops_alert |= alert["labels"]["counter"] == "hostscope_block_io_dropped_total"
+                    && alert["labels"]["device"] == loop_device.as_str()
+                    && alert["state"] == "firing";
+            }
+        }
+        let missing: Vec<&Check> = checks.iter().filter(|c| !c.done).collect();
+        if missing.is_empty() && rules_ok && drops_alert {
+            break;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<String> = missing
+                .iter()
+                .map(|c| format!("{}: {}", c.what, c.expr))
+                .collect();
+            let targets = prometheus.api("/api/v1/targets", &[]);
+            panic!(
+                "after {} s: no data for\n{}\nrules evaluated: {rules_ok}; drops alert firing for \
+                 {loop_device}: {drop_alert}\ntargets: {targets}\nPrometheus log:\n{}",
+                DATA_DEADLINE.as_secs(),
+                missing.join("\n"),
+                prometheus.log(),
+                drop_alert = drops_alert,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "{} queries had data: {panel_queries} of the dashboard's panels, {variable_queries} of \
+         its variables, {rule_queries} for the {} rules (expressions and recorded series); \
+         workload {:.1} s, data {:.1} s after it, {:.1} s in all",
+        checks.len(),
+        rules.len(),
+        worked.as_secs_f64(),
+        polling.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -15,8 +15,10 @@ use hostscope_tests::{daemon::Daemon, exposition::Exposition};
 fn get_metrics(daemon: &Daemon, headers: &str) -> (String, String) {
     let mut stream = TcpStream::connect(daemon.addr).expect("connect");
     write!(stream, "GET /metrics HTTP/1.0\r\n{headers}\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read");
+    // Protobuf bodies are not text; the tests only look at their headers.
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no header end in {response}"));
@@ -57,6 +59,19 @@ fn metrics_come_in_the_format_asked_for() {
         openmetrics.contains("# TYPE hostscope_tcp_retransmits counter\n"),
         "{openmetrics}"
     );
+
+    let native = "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+        encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.2\r\n";
+    let (head, protobuf) = get_metrics(&daemon, native);
+    assert!(
+        head.contains(
+            "content-type: application/vnd.google.protobuf; \
+             proto=io.prometheus.client.metricfamily; encoding=delimited"
+        ),
+        "{head}"
+    );
+    assert!(head.contains("vary: accept, accept-encoding"), "{head}");
+    assert!(protobuf.contains("hostscope_runqueue_latency_seconds"));
 
     let (_, plain) = get_metrics(&daemon, "Accept: text/plain\r\n");
     assert!(!plain.contains("# EOF"), "{plain}");

@@ -219,6 +219,11 @@ impl Prometheus {
     /// `hostscope`, with both rule files evaluated every second, and waits
     /// until it is ready.
     fn start(target: SocketAddr) -> Prometheus {
+        Self::start_with(target, &[])
+    }
+
+    /// [`Prometheus::start`] with extra command-line flags.
+    fn start_with(target: SocketAddr, flags: &[&str]) -> Prometheus {
         let addr = free_local_addr();
         let dir = std::env::temp_dir().join(format!(
             "hostscope-test-prometheus-{}-{}",
@@ -256,6 +261,7 @@ impl Prometheus {
                     dir.join("data").display()
                 ))
                 .arg(format!("--web.listen-address={addr}"))
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
@@ -766,4 +772,95 @@ fn every_query_has_data() {
         polling.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Prometheus with native histograms on negotiates protobuf and stores
+/// each histogram as one native series, and the native quantiles agree
+/// within one bucket with those computed from the kernel's own counts
+/// (the daemon's fine classic buckets, which are the kernel buckets).
+#[test]
+fn native_histograms_agree_with_the_kernel_counts() {
+    let daemon = Daemon::start_with("sched", &["--classic-buckets", "fine"]);
+    let prometheus = Prometheus::start_with(daemon.addr, &["--enable-feature=native-histograms"]);
+    // Prometheus picks up its targets a few seconds after it is ready.
+    let deadline = Instant::now() + DATA_DEADLINE;
+    while prometheus.query("up == 1").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the daemon: {}",
+            prometheus.api("/api/v1/targets", &[])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _workload = Workload::new()
+        .spinners(3, 0, Duration::from_secs(2))
+        .ping_pong(other_cpu(), Duration::from_secs(2))
+        .run();
+    // Let Prometheus scrape what the workload left, then read both sides.
+    std::thread::sleep(Duration::from_millis(2500));
+    let kernel = daemon
+        .scrape()
+        .histogram("hostscope_runqueue_latency_seconds", &[])
+        .expect("the run-queue histogram");
+    let stored = prometheus.query("hostscope_runqueue_latency_seconds");
+    assert_eq!(
+        stored.len(),
+        1,
+        "{stored:?}; targets: {}",
+        prometheus.api("/api/v1/targets", &[])
+    );
+    assert!(
+        stored[0].get("histogram").is_some(),
+        "Prometheus stored no native histogram: {stored:?}\n{}",
+        prometheus.log()
+    );
+    let native_count: f64 = stored[0]["histogram"][1]["count"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .expect("count");
+    assert!(
+        native_count >= 0.95 * kernel.count && native_count <= kernel.count,
+        "native count {native_count}, kernel {}",
+        kernel.count
+    );
+    // Which bucket (by its upper bound's exponent, 4 per power of two) a
+    // latency falls in.
+    let bucket = |seconds: f64| (4.0 * seconds.log2()).ceil();
+    for q in [0.5, 0.99] {
+        let result = prometheus.query(&format!(
+            "histogram_quantile({q}, hostscope_runqueue_latency_seconds)"
+        ));
+        let native: f64 = result[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a quantile");
+        let counted = classic_quantile(q, &kernel.buckets, kernel.count);
+        println!(
+            "p{}: native {native:.9} s, from the kernel counts {counted:.9} s",
+            q * 100.0
+        );
+        assert!(
+            (bucket(native) - bucket(counted)).abs() <= 1.0,
+            "p{}: native {native} s, from the kernel counts {counted} s: more than a bucket apart",
+            q * 100.0
+        );
+    }
+}
+
+/// The `q` quantile of cumulative classic buckets, as Prometheus computes
+/// it (linear within the bucket where the rank falls).
+fn classic_quantile(q: f64, buckets: &[(f64, f64)], count: f64) -> f64 {
+    let rank = q * count;
+    let mut lower = (0.0, 0.0);
+    for &(le, cumulative) in buckets {
+        if cumulative >= rank {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let within = (rank - lower.1) / (cumulative - lower.1).max(1.0);
+            return lower.0 + (le - lower.0) * within;
+        }
+        lower = (le, cumulative);
+    }
+    lower.0
 }

@@ -11,6 +11,9 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0 text.
     OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily` protobuf
+    /// messages: the one format with native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -19,6 +22,7 @@ impl Format {
         match self {
             Self::Text => "text/plain; version=0.0.4; charset=utf-8",
             Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Protobuf => super::protobuf::CONTENT_TYPE,
         }
     }
 
@@ -34,6 +38,8 @@ impl Format {
                 let media = parts.next()?.to_ascii_lowercase();
                 let mut quality = 1.0f32;
                 let mut version = None;
+                let mut proto = None;
+                let mut encoding = None;
                 for parameter in parts {
                     let Some((key, value)) = parameter.split_once('=') else {
                         continue;
@@ -42,6 +48,8 @@ impl Format {
                     match key.trim().to_ascii_lowercase().as_str() {
                         "q" => quality = value.parse().ok().filter(|q: &f32| q.is_finite())?,
                         "version" => version = Some(value.to_owned()),
+                        "proto" => proto = Some(value.to_owned()),
+                        "encoding" => encoding = Some(value.to_ascii_lowercase()),
                         _ => {}
                     }
                 }
@@ -50,6 +58,12 @@ impl Format {
                         Some(Self::OpenMetrics)
                     }
                     ("text/plain", None | Some("0.0.4")) => Some(Self::Text),
+                    ("application/vnd.google.protobuf", _)
+                        if proto.as_deref() == Some("io.prometheus.client.MetricFamily")
+                            && encoding.as_deref() == Some("delimited") =>
+                    {
+                        Some(Self::Protobuf)
+                    }
                     _ => None,
                 };
                 Some((quality, order, format))
@@ -114,6 +128,22 @@ mod tests {
             application/openmetrics-text;version=0.0.1;q=0.4,\
             text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
         assert_eq!(Format::negotiate(prometheus), Format::OpenMetrics);
+        // ... with native histograms on (scrape_protocols PrometheusProto first).
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+            encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,\
+            text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::negotiate(native), Format::Protobuf);
+        // Only the delimited MetricFamily stream is served.
+        assert_eq!(
+            Format::negotiate(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+            ),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate("application/vnd.google.protobuf"),
+            Format::Text
+        );
         assert_eq!(Format::negotiate(""), Format::Text);
         assert_eq!(Format::negotiate("*/*"), Format::Text);
         assert_eq!(Format::negotiate("text/plain"), Format::Text);

@@ -2,7 +2,9 @@
 //! Knows prometheus-client and the exposition formats, not HTTP.
 
 mod format;
+mod model;
 mod process;
+mod protobuf;
 
 use std::{
     collections::HashMap,
@@ -26,8 +28,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use model::{Kind, Metric, Sample};
+
 use crate::{
-    collector::{CollectorKind, Collectors, Family, Layout, Values},
+    collector::{CollectorKind, Collectors, Layout},
     probes::{self, Probes},
 };
 
@@ -36,7 +40,10 @@ pub use format::Format;
 /// The registry served at /metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    /// For the text formats, through prometheus-client.
     registry: Registry,
+    /// For protobuf, read directly.
+    reader: Arc<ScrapeTime>,
     /// The last exposition in each format and when its encoding started.
     /// A scrape reuses it only if that encoding started after the scrape
     /// arrived: never staler than a read of its own (scrape, act, scrape
@@ -70,15 +77,17 @@ impl Metrics {
             .iter()
             .map(|(kind, _)| (*kind, AtomicU64::new(0)))
             .collect();
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(ScrapeTime {
+        let reader = Arc::new(ScrapeTime {
             collectors,
             programs,
             scrape_errors,
             classic,
-        }));
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(TextView(reader.clone())));
         Self {
             registry,
+            reader,
             latest: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -96,7 +105,7 @@ impl Metrics {
         let plain = self.encode(format)?;
         let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
         let gzip = gz
-            .write_all(plain.as_bytes())
+            .write_all(&plain)
             .and_then(|()| gz.finish())
             .map_err(|_| std::fmt::Error)?;
         let exposition = Exposition {
@@ -108,13 +117,17 @@ impl Metrics {
     }
 
     /// Every metric, encoded in `format`.
-    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
+    pub fn encode(&self, format: Format) -> Result<Vec<u8>, std::fmt::Error> {
+        if format == Format::Protobuf {
+            return Ok(protobuf::encode(&self.reader.snapshot()));
+        }
         let mut out = String::with_capacity(16 * 1024);
         text::encode(&mut out, &self.registry)?;
         Ok(match format {
-            Format::OpenMetrics => out,
             Format::Text => format::openmetrics_to_text(&out),
-        })
+            _ => out,
+        }
+        .into_bytes())
     }
 }
 
@@ -137,40 +150,58 @@ impl std::fmt::Debug for ScrapeTime {
     }
 }
 
-impl Collector for ScrapeTime {
+/// The scrape-time reader as prometheus-client sees it.
+#[derive(Debug)]
+struct TextView(Arc<ScrapeTime>);
+
+impl Collector for TextView {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encoder
-            .encode_descriptor(
-                "hostscope_build_info",
-                "hostscope's version, git revision, compiler and target; always 1.",
-                None,
-                MetricType::Gauge,
-            )?
-            .encode_family(&[
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("revision", env!("HOSTSCOPE_REVISION")),
-                ("rustc", env!("HOSTSCOPE_RUSTC")),
-                ("target", env!("HOSTSCOPE_TARGET")),
-            ])?
-            .encode_gauge(&1i64)?;
-        encode_process(&mut encoder)?;
-        self.encode_programs(&mut encoder)?;
-        self.encode_maps(&mut encoder)?;
-
-        let mut up = encoder.encode_descriptor(
-            "hostscope_collector_up",
-            "Whether an enabled collector's probes are attached (1) or not (0).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for status in &self.collectors.statuses {
-            up.encode_family(&[("collector", status.kind.name())])?
-                .encode_gauge(&i64::from(status.down_reason.is_none()))?;
+        for metric in self.0.snapshot() {
+            encode_metric(&mut encoder, &metric)?;
         }
+        Ok(())
+    }
+}
 
+impl ScrapeTime {
+    /// Every metric, read now.
+    fn snapshot(&self) -> Vec<Metric> {
+        let mut metrics = vec![Metric {
+            name: "hostscope_build_info",
+            help: "hostscope's version, git revision, compiler and target; always 1.",
+            kind: Kind::Gauge,
+            series: vec![(
+                vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                    ("revision", env!("HOSTSCOPE_REVISION").to_owned()),
+                    ("rustc", env!("HOSTSCOPE_RUSTC").to_owned()),
+                    ("target", env!("HOSTSCOPE_TARGET").to_owned()),
+                ],
+                Sample::Integer(1),
+            )],
+        }];
+        metrics.extend(process_metrics());
+        metrics.extend(self.program_metrics());
+        metrics.extend(self.map_metrics());
+        metrics.push(Metric {
+            name: "hostscope_collector_up",
+            help: "Whether an enabled collector's probes are attached (1) or not (0).",
+            kind: Kind::Gauge,
+            series: self
+                .collectors
+                .statuses
+                .iter()
+                .map(|status| {
+                    (
+                        vec![("collector", status.kind.name().to_owned())],
+                        Sample::Integer(u64::from(status.down_reason.is_none())),
+                    )
+                })
+                .collect(),
+        });
         for (kind, collector) in &self.collectors.running {
             match collector.read() {
-                Ok(families) => encode_families(&mut encoder, &families, self.classic)?,
+                Ok(families) => metrics.extend(Metric::from_families(&families, self.classic)),
                 // A scrape never fails for one unreadable map: log, count
                 // and leave it out.
                 Err(err) => {
@@ -181,196 +212,198 @@ impl Collector for ScrapeTime {
                 }
             }
         }
-        let mut errors = encoder.encode_descriptor(
-            "hostscope_scrape_errors",
-            "Scrapes in which reading a running collector's maps failed (its families were left out).",
-            None,
-            MetricType::Counter,
-        )?;
-        for (kind, count) in &self.scrape_errors {
-            errors
-                .encode_family(&[("collector", kind.name())])?
-                .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
-        }
+        metrics.push(Metric {
+            name: "hostscope_scrape_errors",
+            help: "Scrapes in which reading a running collector's maps failed (its families were left out).",
+            kind: Kind::Counter,
+            series: self
+                .scrape_errors
+                .iter()
+                .map(|(kind, count)| {
+                    (
+                        vec![("collector", kind.name().to_owned())],
+                        Sample::Integer(count.load(Ordering::Relaxed)),
+                    )
+                })
+                .collect(),
+        });
         if let Some(overflow) = self.collectors.overflow_family() {
-            encode_families(&mut encoder, &[overflow], self.classic)?;
+            metrics.extend(Metric::from_families(&[overflow], self.classic));
         }
         if let Some(attribution) = &self.collectors.attribution {
-            let admitted = i64::try_from(attribution.admitted()).unwrap_or(i64::MAX);
-            encoder
-                .encode_descriptor(
-                    "hostscope_cgroups_labelled",
-                    "Cgroups that have series of their own now (at most --cgroup-max).",
-                    None,
-                    MetricType::Gauge,
-                )?
-                .encode_gauge(&admitted)?;
+            metrics.push(Metric::single(
+                "hostscope_cgroups_labelled",
+                "Cgroups that have series of their own now (at most --cgroup-max).",
+                Kind::Gauge,
+                Sample::Integer(attribution.admitted() as u64),
+            ));
         }
-        Ok(())
+        metrics
     }
-}
 
-impl ScrapeTime {
     /// How full the in-flight tables are, against their capacity.
-    fn encode_maps(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn map_metrics(&self) -> Vec<Metric> {
         let Some((probes, _)) = &self.programs else {
-            return Ok(());
+            return Vec::new();
         };
         let fill = probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .in_flight_tables();
-        let mut entries = encoder.encode_descriptor(
-            "hostscope_bpf_map_entries",
-            "Entries in each of hostscope's in-flight hash maps (a start time per block request or TCP connect in flight).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for map in &fill {
-            entries
-                .encode_family(&[("map", map.name)])?
-                .encode_gauge(&(map.entries as f64))?;
-        }
-        let mut capacity = encoder.encode_descriptor(
-            "hostscope_bpf_map_max_entries",
-            "The most entries each of those maps holds; past it, new requests or connects are counted as dropped.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for map in &fill {
-            capacity
-                .encode_family(&[("map", map.name)])?
-                .encode_gauge(&(map.capacity as f64))?;
-        }
-        Ok(())
+        let series = |value: fn(&probes::MapFill) -> u64| {
+            fill.iter()
+                .map(|map| {
+                    (
+                        vec![("map", map.name.to_owned())],
+                        Sample::Integer(value(map)),
+                    )
+                })
+                .collect()
+        };
+        vec![
+            Metric {
+                name: "hostscope_bpf_map_entries",
+                help: "Entries in each of hostscope's in-flight hash maps (a start time per block request or TCP connect in flight).",
+                kind: Kind::Gauge,
+                series: series(|map| map.entries),
+            },
+            Metric {
+                name: "hostscope_bpf_map_max_entries",
+                help: "The most entries each of those maps holds; past it, new requests or connects are counted as dropped.",
+                kind: Kind::Gauge,
+                series: series(|map| map.capacity),
+            },
+        ]
     }
 
     /// Each loaded program's run time and count, if the kernel is keeping
     /// them (they stand still, and would mislead, while it is not).
-    fn encode_programs(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn program_metrics(&self) -> Vec<Metric> {
         let Some((probes, held)) = &self.programs else {
-            return Ok(());
+            return Vec::new();
         };
         if !probes::stats_enabled(*held) {
-            return Ok(());
+            return Vec::new();
         }
         let stats = probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .program_stats();
         if stats.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
-        let mut seconds = encoder.encode_descriptor(
-            "hostscope_bpf_program_run_seconds",
-            "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",
-            None,
-            MetricType::Counter,
-        )?;
-        for program in &stats {
-            seconds
-                .encode_family(&[("program", program.name.as_str())])?
-                .encode_counter::<NoLabelSet, _, f64>(&program.run_time.as_secs_f64(), None)?;
-        }
-        let mut runs = encoder.encode_descriptor(
-            "hostscope_bpf_program_runs",
-            "Times each of hostscope's eBPF programs ran (while BPF statistics are on).",
-            None,
-            MetricType::Counter,
-        )?;
-        for program in &stats {
-            runs.encode_family(&[("program", program.name.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&program.runs, None)?;
-        }
-        Ok(())
+        let label = |program: &probes::ProgramStats| vec![("program", program.name.clone())];
+        vec![
+            Metric {
+                name: "hostscope_bpf_program_run_seconds",
+                help: "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",
+                kind: Kind::Counter,
+                series: stats
+                    .iter()
+                    .map(|p| (label(p), Sample::Real(p.run_time.as_secs_f64())))
+                    .collect(),
+            },
+            Metric {
+                name: "hostscope_bpf_program_runs",
+                help: "Times each of hostscope's eBPF programs ran (while BPF statistics are on).",
+                kind: Kind::Counter,
+                series: stats
+                    .iter()
+                    .map(|p| (label(p), Sample::Integer(p.runs)))
+                    .collect(),
+            },
+        ]
     }
 }
 
 /// The daemon's own `process_*` metrics; none if /proc cannot be read.
-fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+fn process_metrics() -> Vec<Metric> {
     let stats = match process::ProcessStats::read() {
         Ok(stats) => stats,
         Err(err) => {
             tracing::debug!("process metrics left out: {err}");
-            return Ok(());
+            return Vec::new();
         }
     };
-    encoder
-        .encode_descriptor(
+    let gauge = |name, help, value| Metric::single(name, help, Kind::Gauge, Sample::Real(value));
+    vec![
+        Metric::single(
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds.",
-            None,
-            MetricType::Counter,
-        )?
-        .encode_counter::<NoLabelSet, _, f64>(&stats.cpu_seconds, None)?;
-    let gauges: [(&str, &str, f64); 5] = [
-        (
+            Kind::Counter,
+            Sample::Real(stats.cpu_seconds),
+        ),
+        gauge(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             stats.resident_bytes as f64,
         ),
-        (
+        gauge(
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes.",
             stats.virtual_bytes as f64,
         ),
-        (
+        gauge(
             "process_open_fds",
             "Number of open file descriptors.",
             stats.open_fds as f64,
         ),
-        (
+        gauge(
             "process_max_fds",
             "Maximum number of open file descriptors.",
             stats.max_fds as f64,
         ),
-        (
+        gauge(
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
             stats.start_time_seconds,
         ),
-    ];
-    for (name, help, value) in gauges {
-        encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?
-            .encode_gauge(&value)?;
+    ]
+}
+
+/// Encodes one metric family for the text formats.
+fn encode_metric(encoder: &mut DescriptorEncoder, metric: &Metric) -> Result<(), std::fmt::Error> {
+    let (metric_type, unit) = match metric.kind {
+        Kind::Gauge => (MetricType::Gauge, None),
+        Kind::Counter => (MetricType::Counter, None),
+        Kind::Histogram(_) => (MetricType::Histogram, Some(&Unit::Seconds)),
+    };
+    let mut family = encoder.encode_descriptor(metric.name, metric.help, unit, metric_type)?;
+    for (labels, sample) in &metric.series {
+        let mut encoder = family.encode_family(labels)?;
+        match (metric.kind, sample) {
+            (Kind::Gauge, Sample::Integer(v)) => {
+                encoder.encode_gauge(&i64::try_from(*v).unwrap_or(i64::MAX))?;
+            }
+            (Kind::Gauge, Sample::Real(v)) => encoder.encode_gauge(v)?,
+            (Kind::Counter, Sample::Integer(v)) => {
+                encoder.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+            }
+            (Kind::Counter, Sample::Real(v)) => {
+                encoder.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+            }
+            (Kind::Histogram(layout), Sample::Histogram(histogram)) => {
+                let buckets = buckets(histogram, layout);
+                let sum = histogram.sum_ns as f64 / 1e9;
+                encoder.encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
+            }
+            // A sample of another kind than its family is a bug here, and
+            // not worth a failed scrape: left out.
+            _ => {}
+        }
     }
     Ok(())
 }
 
 /// Encodes families as a collector read them.
+#[cfg(test)]
 fn encode_families(
     encoder: &mut DescriptorEncoder,
-    families: &[Family],
+    families: &[crate::collector::Family],
     classic: Layout,
 ) -> Result<(), std::fmt::Error> {
-    for family in families {
-        match &family.values {
-            Values::Histograms(series) => encode_histograms(
-                encoder,
-                family.name,
-                family.help,
-                family.layout.min(classic),
-                series.iter().map(|(labels, h)| (labels.as_slice(), h)),
-            )?,
-            Values::Counters(series) => {
-                let mut counters = encoder.encode_descriptor(
-                    family.name,
-                    family.help,
-                    None,
-                    MetricType::Counter,
-                )?;
-                for (labels, value) in series {
-                    if labels.is_empty() {
-                        counters.encode_counter::<NoLabelSet, _, u64>(value, None)?;
-                    } else {
-                        counters
-                            .encode_family(labels)?
-                            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
-                    }
-                }
-            }
-        }
+    for metric in Metric::from_families(families, classic) {
+        encode_metric(encoder, &metric)?;
     }
     Ok(())
 }
@@ -426,35 +459,10 @@ fn buckets(histogram: &Histogram, layout: Layout) -> Vec<(f64, u64)> {
 /// Buckets of the coarse layout, `+Inf` included.
 pub const COARSE_BUCKETS: usize = 16;
 
-/// Encodes one histogram family `<name>_seconds` (with `_bucket`, `_sum`
-/// and `_count`): one series per label set, or a single unlabelled one.
-fn encode_histograms<'h>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    layout: Layout,
-    series: impl IntoIterator<Item = (&'h [(&'static str, String)], &'h Histogram)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family =
-        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
-    for (labels, histogram) in series {
-        let buckets = buckets(histogram, layout);
-        let sum = histogram.sum_ns as f64 / 1e9;
-        if labels.is_empty() {
-            family.encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
-        } else {
-            family
-                .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(sum, histogram.count, &buckets, None)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::Labels;
+    use crate::collector::{Family, Labels, Values};
 
     /// A prometheus-client collector that encodes fixed families.
     #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! Targets are goals, not assertions: a missed one is marked in the table.
 
 mod daemon;
+mod exposition;
 mod per_cgroup;
 mod programs;
 mod report;
@@ -108,6 +109,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         slowdown(r, &plan)
     });
     section(&mut report, only, "daemon", |r| daemon_costs(r, &plan));
+    section(&mut report, only, "exposition", exposition::costs);
     section(&mut report, only, "per cgroup", |r| {
         per_cgroup::costs(r, &plan)
     });

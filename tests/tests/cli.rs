@@ -3,7 +3,10 @@
 
 use std::{net::TcpListener, process::Command};
 
-use hostscope_tests::{daemon::Daemon, hostscope_bin, require_root};
+use hostscope_tests::{
+    daemon::{Daemon, free_local_addr},
+    hostscope_bin, require_root,
+};
 
 /// Runs hostscope with `args`; returns (exit code, stderr).
 fn hostscope(args: &[&str]) -> (i32, String) {
@@ -43,6 +46,82 @@ fn bad_listen_address_is_a_usage_error() {
         "invalid value 'localhost'",
     );
     assert_usage_error(&["serve", "--listen", "127.0.0.1:99999"], "invalid value");
+}
+
+/// A bad `--web.listen-address` is a usage error in one line that names
+/// the flag and the forms it takes (the forms are unit-tested in cli.rs).
+#[test]
+fn bad_web_listen_address_says_what_form_is_expected() {
+    for bad in [
+        "9661",
+        ":http",
+        "::1:9661",
+        "[::1]",
+        "no-such-host.invalid:9661",
+    ] {
+        let (code, stderr) = hostscope(&["serve", "--web.listen-address", bad]);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{bad}: {stderr}");
+        assert!(
+            errors[0].contains("--web.listen-address")
+                && errors[0].contains("expected :PORT, HOST:PORT, IPv4:PORT or [IPv6]:PORT"),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+/// `:PORT` listens on every address, IPv4 included, as Go exporters do.
+#[test]
+fn listen_on_every_address_with_colon_port() {
+    let addr = free_local_addr();
+    let listen = format!(":{}", addr.port());
+    let daemon = Daemon::spawn_listening(
+        &["--web.listen-address", &listen],
+        addr,
+        "sched",
+        &[],
+        |_| {},
+    );
+    let exposition = daemon.scrape();
+    assert_eq!(
+        exposition.value("hostscope_collector_up", &[("collector", "sched")]),
+        Some(1.0)
+    );
+    // IPv6 too, where the host has it (the test machines do).
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+    std::net::TcpStream::connect(v6).expect("connect over IPv6 loopback");
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("listen=[::]:{}", addr.port())),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A hostname is resolved; `localhost` listens on 127.0.0.1 alone. The
+/// variable HOSTSCOPE_LISTEN still works (the old flag, `--listen`, is the
+/// one the harness uses).
+#[test]
+fn listen_on_a_hostname_and_from_the_environment() {
+    let addr = free_local_addr();
+    let listen = format!("localhost:{}", addr.port());
+    let daemon = Daemon::spawn_listening(
+        &["--web.listen-address", &listen],
+        addr,
+        "sched",
+        &[],
+        |_| {},
+    );
+    assert_eq!(daemon.get("/healthz").0, 200);
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+    assert!(std::net::TcpStream::connect(v6).is_err(), "not on ::1");
+    drop(daemon);
+    let daemon = Daemon::spawn_listening(&[], addr, "sched", &[], |command| {
+        command.env("HOSTSCOPE_LISTEN", addr.to_string());
+    });
+    assert_eq!(daemon.get("/healthz").0, 200);
 }
 
 #[test]

@@ -58,6 +58,11 @@ pub struct ServeArgs {
           default_value = DEFAULT_LISTEN, value_name = "ADDR", value_parser = parse_listen_address)]
     pub listen: ListenAddr,
 
+    /// Path to serve the metrics at.
+    #[arg(long = "web.telemetry-path", env = "HOSTSCOPE_WEB_TELEMETRY_PATH",
+          default_value = "/metrics", value_name = "PATH", value_parser = parse_telemetry_path)]
+    pub web_telemetry_path: String,
+
     /// Collectors to enable, comma-separated.
     #[arg(
         long,
@@ -197,6 +202,31 @@ fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| format!("{} resolves to no address", quoted(name)))
+}
+
+/// Checks `--web.telemetry-path`: a path the router takes as it is (no
+/// parameters, nothing to decode) and that no other route has.
+fn parse_telemetry_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{} does not start with /", quoted(text)));
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+    {
+        return Err(format!(
+            "{} is not a path of letters, digits, /, -, ., _ and ~",
+            quoted(text)
+        ));
+    }
+    if crate::http::OTHER_ROUTES.contains(&text) {
+        return Err(format!(
+            "{} is taken: the paths {} serve other things",
+            quoted(text),
+            crate::http::OTHER_ROUTES.join(", ")
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// Bucket layouts for per-cgroup histograms.
@@ -501,6 +531,44 @@ mod tests {
         assert_eq!(serve.listen.to_string(), "[::1]:80");
         let both = ["serve", "--listen", ":1", "--web.listen-address", ":2"];
         assert!(Cli::try_parse_from(std::iter::once("hostscope").chain(both)).is_err());
+    }
+
+    #[test]
+    fn telemetry_path_defaults_to_metrics() {
+        assert_eq!(serve_args(&["serve"]).web_telemetry_path, "/metrics");
+        let serve = serve_args(&["serve", "--web.telemetry-path", "/custom"]);
+        assert_eq!(serve.web_telemetry_path, "/custom");
+    }
+
+    #[test]
+    fn telemetry_paths() {
+        for path in [
+            "/metrics",
+            "/custom",
+            "/prometheus/metrics",
+            "/-/metrics",
+            "/metrics/",
+        ] {
+            assert_eq!(parse_telemetry_path(path).as_deref(), Ok(path));
+        }
+        for (path, mentions) in [
+            ("", "does not start with /"),
+            ("metrics", "does not start with /"),
+            ("/metrics?x=1", "not a path of letters"),
+            ("/a b", "not a path of letters"),
+            ("/{name}", "not a path of letters"),
+            ("/*rest", "not a path of letters"),
+            ("/m%65trics", "not a path of letters"),
+            ("/métriques", "not a path of letters"),
+            ("/", "`/` is taken"),
+            ("/healthz", "`/healthz` is taken"),
+            ("/flamegraph.svg", "is taken"),
+            ("/stacks", "is taken"),
+            ("/debug/pprof/profile", "is taken"),
+        ] {
+            let err = parse_telemetry_path(path).expect_err(path);
+            assert!(err.contains(mentions), "{path}: `{mentions}` not in: {err}");
+        }
     }
 
     #[track_caller]

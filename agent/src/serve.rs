@@ -94,7 +94,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listen = listener
         .local_addr()
         .map_or_else(|_| args.listen.to_string(), |addr| addr.to_string());
-    tracing::info!(listen = %listen, max_connections, "serving /metrics");
+    let path = &args.web_telemetry_path;
+    tracing::info!(listen = %listen, max_connections, "serving {path}");
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
@@ -111,7 +112,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     shutdown.cancel();
                 }
             });
-            http::serve(listener, state, max_connections, shutdown).await
+            http::serve(listener, state, path, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 

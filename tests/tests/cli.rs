@@ -124,6 +124,42 @@ fn listen_on_a_hostname_and_from_the_environment() {
     assert_eq!(daemon.get("/healthz").0, 200);
 }
 
+/// `--web.telemetry-path` moves the metrics, and the index says where.
+#[test]
+fn metrics_at_the_telemetry_path() {
+    let daemon = Daemon::spawn("sched", &["--web.telemetry-path", "/custom"]);
+    let (status, body) = daemon.get("/custom");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hostscope_build_info"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    assert_eq!(daemon.get("/metrics").0, 404);
+    let (status, index) = daemon.get("/");
+    assert_eq!(status, 200);
+    assert!(index.contains("\n/custom "), "{index}");
+    assert!(!index.contains("/metrics"), "{index}");
+    assert!(daemon.log().contains("serving /custom"), "{}", daemon.log());
+}
+
+#[test]
+fn bad_telemetry_path_is_a_usage_error() {
+    for (path, mentions) in [
+        ("metrics", "does not start with /"),
+        ("/healthz", "is taken"),
+        ("/", "is taken"),
+        ("/debug/pprof/profile", "is taken"),
+        ("/{param}", "not a path of letters"),
+    ] {
+        assert_usage_error(&["serve", "--web.telemetry-path", path], mentions);
+    }
+    let output = Command::new(hostscope_bin())
+        .arg("serve")
+        .env("HOSTSCOPE_WEB_TELEMETRY_PATH", "/stacks")
+        .output()
+        .expect("run hostscope");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--web.telemetry-path"));
+}
+
 #[test]
 fn environment_variables_are_read_and_checked() {
     let output = Command::new(hostscope_bin())

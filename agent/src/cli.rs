@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 const MAX_QUEUE_LIMIT: usize = 1_000;
 
+/// Where the options every command takes go in each command's help: after
+/// its own (which are numbered from 0 in the order they are declared).
+const GLOBAL_ORDER: usize = 100;
+
 #[derive(Debug, Parser)]
 #[command(name = "hostscope", version, about, long_about = None)]
 pub struct Cli {
@@ -32,12 +36,30 @@ pub struct Cli {
         long,
         global = true,
         env = "HOSTSCOPE_LOG_LEVEL",
-        default_value = "info"
+        default_value = "info",
+        display_order = GLOBAL_ORDER
     )]
     pub log_level: String,
 
+    /// Log line format: text (for people), logfmt or json (one object per line).
+    #[arg(long, global = true, env = "HOSTSCOPE_LOG_FORMAT", value_enum,
+          default_value_t = LogFormat::Text, value_name = "FORMAT",
+          display_order = GLOBAL_ORDER + 1)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people: time, level, message, fields.
+    Text,
+    /// `ts=... level=info target=... msg="..." key=value`, as Go exporters write.
+    Logfmt,
+    /// One JSON object a line: timestamp, level, message, fields, target.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -538,6 +560,25 @@ mod tests {
         assert_eq!(serve_args(&["serve"]).web_telemetry_path, "/metrics");
         let serve = serve_args(&["serve", "--web.telemetry-path", "/custom"]);
         assert_eq!(serve.web_telemetry_path, "/custom");
+    }
+
+    #[test]
+    fn log_format_is_global() {
+        assert_eq!(parse(&["serve"]).log_format, LogFormat::Text);
+        assert_eq!(
+            parse(&["--log-format", "json", "serve"]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["hist", "sched", "--log-format", "logfmt"]).log_format,
+            LogFormat::Logfmt
+        );
+        assert_eq!(
+            parse(&["profile", "--log-format=json"]).log_format,
+            LogFormat::Json
+        );
+        let bad = ["hostscope", "--log-format", "xml", "serve"];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]

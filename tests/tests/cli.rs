@@ -358,3 +358,176 @@ fn a_collector_that_cannot_start_is_down_and_the_rest_serve() {
         );
     }
 }
+
+/// `--log-format json`: every line the daemon logs, from start to
+/// shutdown, is a JSON object with a timestamp, a level and a message.
+#[test]
+fn json_log_lines_parse() {
+    let mut daemon = Daemon::spawn("sched", &["--log-format", "json", "--log-level", "debug"]);
+    daemon.scrape();
+    assert!(daemon.stop().success(), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.lines().count() >= 4, "{log}");
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        let level = event["level"].as_str().unwrap_or_default();
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+            "{line}"
+        );
+        let message = event["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+        // The `log` crate's events (aya's, at debug) under their own target.
+        assert_ne!(event["target"], "log", "{line}");
+    }
+    let serving = log
+        .lines()
+        .find(|line| line.contains("\"serving /metrics\""))
+        .unwrap_or_else(|| panic!("{log}"));
+    let serving: serde_json::Value = serde_json::from_str(serving).unwrap();
+    assert_eq!(serving["listen"], daemon.addr.to_string().as_str());
+    assert_eq!(serving["max_connections"], 512);
+}
+
+/// The `key=value` pairs of a logfmt line, values unquoted; panics if the
+/// line is not logfmt.
+fn logfmt(line: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = line;
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once('=')
+            .unwrap_or_else(|| panic!("no `=` in {rest:?} of {line}"));
+        assert!(
+            !key.is_empty() && !key.contains([' ', '"']),
+            "key {key:?} in {line}"
+        );
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((i, '"')) => break i + 1,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c)) => value.push(c),
+                            None => panic!("a lone backslash in {line}"),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => panic!("an unclosed quote in {line}"),
+                    }
+                };
+                (value, &quoted[end..])
+            }
+            None => {
+                let end = after.find(' ').unwrap_or(after.len());
+                assert!(!after[..end].contains('"'), "a stray quote in {line}");
+                (after[..end].to_owned(), &after[end..])
+            }
+        };
+        pairs.push((key.to_owned(), value));
+        rest = after.strip_prefix(' ').unwrap_or(after);
+        assert!(
+            after.is_empty() || after.starts_with(' '),
+            "no space after {key} in {line}"
+        );
+    }
+    pairs
+}
+
+/// `--log-format logfmt` (here from HOSTSCOPE_LOG_FORMAT): every line is
+/// `ts=... level=... target=... msg=... key=value...`, quoted where a
+/// value holds spaces.
+#[test]
+fn logfmt_log_lines_parse() {
+    let mut daemon = Daemon::spawn_configured("sched", &["--log-level", "debug"], |command| {
+        command.env("HOSTSCOPE_LOG_FORMAT", "logfmt");
+    });
+    daemon.scrape();
+    assert!(daemon.stop().success(), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.lines().count() >= 4, "{log}");
+    for line in log.lines() {
+        let pairs = logfmt(line);
+        let keys: Vec<&str> = pairs.iter().take(4).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ts", "level", "target", "msg"], "{line}");
+        assert!(
+            ["error", "warn", "info", "debug", "trace"].contains(&pairs[1].1.as_str()),
+            "{line}"
+        );
+        // The `log` crate's events (aya's, at debug) under their own target,
+        // without its file and line.
+        assert_ne!(pairs[2].1, "log", "{line}");
+        assert!(!pairs.iter().any(|(k, _)| k.starts_with("log.")), "{line}");
+    }
+    assert!(log.contains(" target=aya"), "aya's debug lines: {log}");
+    let serving = log
+        .lines()
+        .map(logfmt)
+        .find(|pairs| pairs[3].1 == "serving /metrics")
+        .unwrap_or_else(|| panic!("{log}"));
+    let listen = daemon.addr.to_string();
+    assert!(
+        serving.contains(&("listen".to_owned(), listen)),
+        "{serving:?}"
+    );
+    assert!(
+        serving.contains(&("max_connections".to_owned(), "512".to_owned())),
+        "{serving:?}"
+    );
+}
+
+/// In JSON and logfmt, the line saying why hostscope stops is a log line
+/// too, so that the whole log parses.
+#[test]
+fn a_fatal_error_is_a_log_line_in_json_and_logfmt() {
+    require_root();
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    for format in ["json", "logfmt"] {
+        let (code, stderr) = hostscope(&[
+            "--log-format",
+            format,
+            "serve",
+            "--listen",
+            &addr,
+            "--collectors",
+            "sched",
+        ]);
+        assert_eq!(code, 2, "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        let (level, message) = match format {
+            "json" => {
+                let event: serde_json::Value =
+                    serde_json::from_str(last).unwrap_or_else(|err| panic!("{err}: {stderr}"));
+                (
+                    event["level"].as_str().unwrap_or_default().to_owned(),
+                    event["message"].as_str().unwrap_or_default().to_owned(),
+                )
+            }
+            _ => {
+                let pairs = logfmt(last);
+                (pairs[1].1.clone(), pairs[3].1.clone())
+            }
+        };
+        assert!(level.eq_ignore_ascii_case("error"), "{stderr}");
+        assert!(
+            message.starts_with(&format!("cannot listen on {addr}")),
+            "{stderr}"
+        );
+        for line in stderr.lines() {
+            match format {
+                "json" => assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "{line}"
+                ),
+                _ => {
+                    logfmt(line);
+                }
+            }
+        }
+    }
+}

@@ -70,6 +70,24 @@ pub enum Command {
     Hist(HistArgs),
     /// Take a CPU profile without a daemon: flame graph, folded stacks or pprof.
     Profile(ProfileArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print a manual page (roff), of hostscope or of one of its commands.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (hostscope-COMMAND(1)); none: hostscope(1).
+    #[arg(value_parser = crate::generate::parse_command)]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -579,6 +597,28 @@ mod tests {
         );
         let bad = ["hostscope", "--log-format", "xml", "serve"];
         assert!(Cli::try_parse_from(bad).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_take_what_they_document() {
+        for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+            assert!(matches!(
+                parse(&["completions", shell]).command,
+                Command::Completions(_)
+            ));
+        }
+        assert!(Cli::try_parse_from(["hostscope", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["hostscope", "completions"]).is_err());
+        match parse(&["man"]).command {
+            Command::Man(ManArgs { command }) => assert_eq!(command, None),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["man", "serve"]).command {
+            Command::Man(ManArgs { command }) => assert_eq!(command.as_deref(), Some("serve")),
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["hostscope", "man", "nope"]).expect_err("no such page");
+        assert!(err.to_string().contains("serve, hist, profile"), "{err}");
     }
 
     #[test]

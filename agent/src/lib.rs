@@ -12,6 +12,7 @@ mod collector;
 mod fd_limit;
 #[doc(hidden)]
 pub mod fuzzing;
+mod generate;
 mod hist;
 mod http;
 mod kernel_layout;
@@ -56,6 +57,8 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Hist(args) => hist::run(args),
         Command::Profile(args) => profile_cmd::run(args),
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(args.command.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

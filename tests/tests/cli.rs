@@ -267,18 +267,23 @@ fn bad_interval_and_log_level_are_usage_errors() {
     );
 }
 
+/// Runs hostscope with `args` as nobody, without capabilities.
+fn hostscope_as_nobody(args: &[&str]) -> std::process::Output {
+    require_root();
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(hostscope_bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux) runs hostscope as nobody")
+}
+
 /// Without CAP_BPF/CAP_PERFMON (here: as nobody, no capabilities) hostscope
 /// says in one line which capability is missing and how to grant it.
 #[test]
 fn missing_capability_is_named_in_one_line() {
-    require_root();
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["--inh-caps=-all", "--bounding-set=-all"])
-        .arg(hostscope_bin())
-        .args(["hist", "sched"])
-        .output()
-        .expect("setpriv (util-linux) runs hostscope as nobody");
+    let output = hostscope_as_nobody(&["hist", "sched"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -530,4 +535,43 @@ fn a_fatal_error_is_a_log_line_in_json_and_logfmt() {
             }
         }
     }
+}
+
+/// `completions SHELL` and `man [COMMAND]` print to stdout and need no
+/// privileges: here they run as nobody, without capabilities, where
+/// anything that loads probes fails (see above).
+#[test]
+fn completions_and_man_need_no_privileges() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = hostscope_as_nobody(&["completions", shell]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{shell}: {stderr}");
+        assert!(stderr.is_empty(), "{shell}: {stderr}");
+        assert!(stdout.contains("serve"), "{shell}: {stdout}");
+    }
+    let bash = hostscope_as_nobody(&["completions", "bash"]).stdout;
+    let mut check = Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash");
+    std::io::Write::write_all(check.stdin.as_mut().expect("stdin"), &bash).expect("write");
+    assert!(
+        check.wait().expect("bash -n").success(),
+        "the bash script parses"
+    );
+    assert_usage_error(&["completions", "tcsh"], "invalid value 'tcsh'");
+
+    let output = hostscope_as_nobody(&["man"]);
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{page}");
+    assert!(page.starts_with(".TH hostscope 1 "), "{page}");
+    assert!(page.contains("hostscope\\-serve(1)"), "{page}");
+    let output = hostscope_as_nobody(&["man", "serve"]);
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{page}");
+    assert!(page.starts_with(".TH hostscope-serve 1 "), "{page}");
+    assert!(page.contains("web.listen\\-address"), "{page}");
+    assert_usage_error(&["man", "nope"], "invalid value 'nope'");
 }

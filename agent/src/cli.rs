@@ -1,6 +1,11 @@
 //! Command-line surface. Names here are contracts: scripts and unit files use them.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -19,6 +24,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 const MAX_QUEUE_LIMIT: usize = 1_000;
 
+/// Where the options every command takes go in each command's help: after
+/// its own (which are numbered from 0 in the order they are declared).
+const GLOBAL_ORDER: usize = 100;
+
 #[derive(Debug, Parser)]
 #[command(name = "hostscope", version, about, long_about = None)]
 pub struct Cli {
@@ -27,12 +36,30 @@ pub struct Cli {
         long,
         global = true,
         env = "HOSTSCOPE_LOG_LEVEL",
-        default_value = "info"
+        default_value = "info",
+        display_order = GLOBAL_ORDER
     )]
     pub log_level: String,
 
+    /// Log line format: text (for people), logfmt or json (one object per line).
+    #[arg(long, global = true, env = "HOSTSCOPE_LOG_FORMAT", value_enum,
+          default_value_t = LogFormat::Text, value_name = "FORMAT",
+          display_order = GLOBAL_ORDER + 1)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people: time, level, message, fields.
+    Text,
+    /// `ts=... level=info target=... msg="..." key=value`, as Go exporters write.
+    Logfmt,
+    /// One JSON object a line: timestamp, level, message, fields, target.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,13 +70,38 @@ pub enum Command {
     Hist(HistArgs),
     /// Take a CPU profile without a daemon: flame graph, folded stacks or pprof.
     Profile(ProfileArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print a manual page (roff), of hostscope or of one of its commands.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (hostscope-COMMAND(1)); none: hostscope(1).
+    #[arg(value_parser = crate::generate::parse_command)]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port to serve /metrics and /healthz on.
-    #[arg(long, env = "HOSTSCOPE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// Address and port to serve on: `:PORT` (every address, IPv6 and
+    /// IPv4), `HOST:PORT` (resolved at start), `IPv4:PORT` or `[IPv6]:PORT`.
+    #[arg(long = "web.listen-address", visible_alias = "listen", env = "HOSTSCOPE_LISTEN",
+          default_value = DEFAULT_LISTEN, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub listen: ListenAddr,
+
+    /// Path to serve the metrics at.
+    #[arg(long = "web.telemetry-path", env = "HOSTSCOPE_WEB_TELEMETRY_PATH",
+          default_value = "/metrics", value_name = "PATH", value_parser = parse_telemetry_path)]
+    pub web_telemetry_path: String,
 
     /// Turn the kernel's BPF run-time statistics on while the daemon runs,
     /// and export each program's run time and count
@@ -113,6 +165,125 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub system: SystemArgs,
+}
+
+/// Where `serve` listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `:PORT`: every local address, IPv6 and IPv4 alike, as Go exporters
+    /// listen on `:PORT`.
+    Any(u16),
+    /// One address: given as `IPv4:PORT` or `[IPv6]:PORT`, or a hostname's.
+    Socket(SocketAddr),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any(port) => write!(f, ":{port}"),
+            Self::Socket(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// What `--web.listen-address` takes, for its errors.
+const LISTEN_FORMS: &str =
+    "expected :PORT, HOST:PORT, IPv4:PORT or [IPv6]:PORT, such as :9661 or 127.0.0.1:9661";
+
+/// Parses `--web.listen-address`. A hostname is resolved here, once; of its
+/// addresses the first IPv4 one is taken if there is one (as Go's
+/// net.Listen does), else the first.
+pub(crate) fn parse_listen_address(text: &str) -> Result<ListenAddr, String> {
+    let fail = |why: String| format!("{why}; {LISTEN_FORMS}");
+    // `[IPv6]:PORT` is the one form whose host holds colons.
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((ip, port)) => (Host::V6(ip), port),
+            None => return Err(fail("no `]:PORT` after the IPv6 address".into())),
+        },
+        None => match text.rsplit_once(':') {
+            Some(("", port)) => (Host::Any, port),
+            Some((host, _)) if host.contains(':') => {
+                return Err(fail(
+                    "an IPv6 address goes in brackets, as in [::1]:9661".into(),
+                ));
+            }
+            Some((host, port)) => (Host::Name(host), port),
+            None => return Err(fail(format!("no port in {}", quoted(text)))),
+        },
+    };
+    // Digits only: `u16::from_str` would take `+80`.
+    let port = match port.parse::<u16>() {
+        Ok(port_number) if port.bytes().all(|b| b.is_ascii_digit()) => port_number,
+        _ => {
+            return Err(fail(format!(
+                "{} is not a port from 0 to 65535",
+                quoted(port)
+            )));
+        }
+    };
+    let ip = match host {
+        Host::Any => return Ok(ListenAddr::Any(port)),
+        Host::V6(ip) => ip
+            .parse::<Ipv6Addr>()
+            .map_err(|_| fail(format!("{} is not an IPv6 address", quoted(ip))))?
+            .into(),
+        Host::Name(name) => match name.parse::<Ipv4Addr>() {
+            Ok(ip) => ip.into(),
+            Err(_) => return resolve(name, port).map(ListenAddr::Socket).map_err(fail),
+        },
+    };
+    Ok(ListenAddr::Socket(SocketAddr::new(ip, port)))
+}
+
+/// The host part of a listen address.
+enum Host<'a> {
+    /// Empty: every address.
+    Any,
+    /// Inside brackets.
+    V6(&'a str),
+    /// An IPv4 address or a hostname.
+    Name(&'a str),
+}
+
+/// The address `name` resolves to that a listener binds: the first IPv4
+/// one, else the first.
+fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (name, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {} ({err})", quoted(name)))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{} resolves to no address", quoted(name)))
+}
+
+/// Checks `--web.telemetry-path`: a path the router takes as it is (no
+/// parameters, nothing to decode) and that no other route has.
+fn parse_telemetry_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{} does not start with /", quoted(text)));
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+    {
+        return Err(format!(
+            "{} is not a path of letters, digits, /, -, ., _ and ~",
+            quoted(text)
+        ));
+    }
+    if crate::http::OTHER_ROUTES.contains(&text) {
+        return Err(format!(
+            "{} is taken: the paths {} serve other things",
+            quoted(text),
+            crate::http::OTHER_ROUTES.join(", ")
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// Bucket layouts for per-cgroup histograms.
@@ -363,5 +534,186 @@ impl SystemArgs {
         if self.tracefs.is_some() {
             tracing::warn!("--tracefs (HOSTSCOPE_TRACEFS) is no longer used and can be removed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn listen(text: &str) -> ListenAddr {
+        parse_listen_address(text).unwrap_or_else(|err| panic!("{text}: {err}"))
+    }
+
+    #[track_caller]
+    fn socket(text: &str) -> SocketAddr {
+        match listen(text) {
+            ListenAddr::Socket(addr) => addr,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(listen(":9661"), ListenAddr::Any(9661));
+        assert_eq!(listen(":0"), ListenAddr::Any(0));
+        assert_eq!(listen(":9661").to_string(), ":9661");
+        assert_eq!(socket("127.0.0.1:9661"), "127.0.0.1:9661".parse().unwrap());
+        assert_eq!(socket("0.0.0.0:65535"), "0.0.0.0:65535".parse().unwrap());
+        assert_eq!(socket("[::]:9661"), "[::]:9661".parse().unwrap());
+        assert_eq!(socket("[::1]:80"), "[::1]:80".parse().unwrap());
+        assert_eq!(socket("[::ffff:10.0.0.1]:1").port(), 1);
+        assert_eq!(socket(DEFAULT_LISTEN).to_string(), DEFAULT_LISTEN);
+        // A hostname is resolved; localhost to its IPv4 address, as Go
+        // resolves it for a listener.
+        assert_eq!(socket("localhost:9661"), "127.0.0.1:9661".parse().unwrap());
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[track_caller]
+    fn parse(args: &[&str]) -> Cli {
+        let argv = std::iter::once("hostscope").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_or_else(|err| panic!("{args:?}: {err}"))
+    }
+
+    #[track_caller]
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        match parse(args).command {
+            Command::Serve(serve) => serve,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn listen_has_two_names() {
+        let serve = serve_args(&["serve"]);
+        assert_eq!(serve.listen.to_string(), DEFAULT_LISTEN);
+        let serve = serve_args(&["serve", "--web.listen-address", ":1234"]);
+        assert_eq!(serve.listen, ListenAddr::Any(1234));
+        let serve = serve_args(&["serve", "--listen", "[::1]:80"]);
+        assert_eq!(serve.listen.to_string(), "[::1]:80");
+        let both = ["serve", "--listen", ":1", "--web.listen-address", ":2"];
+        assert!(Cli::try_parse_from(std::iter::once("hostscope").chain(both)).is_err());
+    }
+
+    #[test]
+    fn telemetry_path_defaults_to_metrics() {
+        assert_eq!(serve_args(&["serve"]).web_telemetry_path, "/metrics");
+        let serve = serve_args(&["serve", "--web.telemetry-path", "/custom"]);
+        assert_eq!(serve.web_telemetry_path, "/custom");
+    }
+
+    #[test]
+    fn log_format_is_global() {
+        assert_eq!(parse(&["serve"]).log_format, LogFormat::Text);
+        assert_eq!(
+            parse(&["--log-format", "json", "serve"]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["hist", "sched", "--log-format", "logfmt"]).log_format,
+            LogFormat::Logfmt
+        );
+        assert_eq!(
+            parse(&["profile", "--log-format=json"]).log_format,
+            LogFormat::Json
+        );
+        let bad = ["hostscope", "--log-format", "xml", "serve"];
+        assert!(Cli::try_parse_from(bad).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_take_what_they_document() {
+        for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+            assert!(matches!(
+                parse(&["completions", shell]).command,
+                Command::Completions(_)
+            ));
+        }
+        assert!(Cli::try_parse_from(["hostscope", "completions", "tcsh"]).is_err());
+        assert!(Cli::try_parse_from(["hostscope", "completions"]).is_err());
+        match parse(&["man"]).command {
+            Command::Man(ManArgs { command }) => assert_eq!(command, None),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["man", "serve"]).command {
+            Command::Man(ManArgs { command }) => assert_eq!(command.as_deref(), Some("serve")),
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["hostscope", "man", "nope"]).expect_err("no such page");
+        assert!(err.to_string().contains("serve, hist, profile"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_paths() {
+        for path in [
+            "/metrics",
+            "/custom",
+            "/prometheus/metrics",
+            "/-/metrics",
+            "/metrics/",
+        ] {
+            assert_eq!(parse_telemetry_path(path).as_deref(), Ok(path));
+        }
+        for (path, mentions) in [
+            ("", "does not start with /"),
+            ("metrics", "does not start with /"),
+            ("/metrics?x=1", "not a path of letters"),
+            ("/a b", "not a path of letters"),
+            ("/{name}", "not a path of letters"),
+            ("/*rest", "not a path of letters"),
+            ("/m%65trics", "not a path of letters"),
+            ("/métriques", "not a path of letters"),
+            ("/", "`/` is taken"),
+            ("/healthz", "`/healthz` is taken"),
+            ("/flamegraph.svg", "is taken"),
+            ("/stacks", "is taken"),
+            ("/debug/pprof/profile", "is taken"),
+        ] {
+            let err = parse_telemetry_path(path).expect_err(path);
+            assert!(err.contains(mentions), "{path}: `{mentions}` not in: {err}");
+        }
+    }
+
+    #[track_caller]
+    fn listen_error(text: &str, mentions: &str) {
+        let err = parse_listen_address(text).expect_err(text);
+        assert!(err.contains(mentions), "{text}: `{mentions}` not in: {err}");
+        assert!(
+            err.contains(LISTEN_FORMS),
+            "{text}: says what is expected: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{text}: one line: {err}");
+    }
+
+    #[test]
+    fn bad_listen_addresses_say_what_is_expected() {
+        listen_error("", "no port in ``");
+        listen_error("localhost", "no port in `localhost`");
+        listen_error("9661", "no port");
+        listen_error(":", "`` is not a port");
+        listen_error(":99999", "`99999` is not a port");
+        listen_error(":+80", "`+80` is not a port");
+        listen_error(":-1", "`-1` is not a port");
+        listen_error("127.0.0.1:http", "`http` is not a port");
+        listen_error("127.0.0.1:", "`` is not a port");
+        listen_error("::1:9661", "IPv6 address goes in brackets");
+        listen_error(":::9661", "IPv6 address goes in brackets");
+        listen_error("[::1]", "no `]:PORT`");
+        listen_error("[::1]9661", "no `]:PORT`");
+        listen_error("[::1:9661", "no `]:PORT`");
+        listen_error("[127.0.0.1]:9661", "`127.0.0.1` is not an IPv6 address");
+        listen_error("[]:9661", "`` is not an IPv6 address");
+        listen_error("[::1]:9661x", "`9661x` is not a port");
+        listen_error(
+            "no-such-host.invalid:9661",
+            "cannot resolve `no-such-host.invalid`",
+        );
+        listen_error("bad\nname:80", "cannot resolve `bad\\nname`");
     }
 }

@@ -12,9 +12,11 @@ mod collector;
 mod fd_limit;
 #[doc(hidden)]
 pub mod fuzzing;
+mod generate;
 mod hist;
 mod http;
 mod kernel_layout;
+mod logging;
 mod metrics;
 mod privileges;
 mod probes;
@@ -28,7 +30,6 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
@@ -44,22 +45,25 @@ pub fn run() -> ExitCode {
     }
     // clap itself exits with code 2 and a usage line on a bad flag.
     let cli = Cli::parse();
-    if let Err(err) = init_logging(&cli.log_level) {
+    if let Err(err) = logging::init(&cli.log_level, cli.log_format) {
         eprintln!(
             "hostscope: error: invalid --log-level `{}`: {err}",
             cli.log_level
         );
         return ExitCode::from(2);
     }
+    let log_format = cli.log_format;
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Hist(args) => hist::run(args),
         Command::Profile(args) => profile_cmd::run(args),
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(args.command.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hostscope: error: {err:#}");
+            logging::fatal(log_format, &err);
             ExitCode::from(exit_code(&err))
         }
     }
@@ -76,16 +80,4 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     } else {
         1
     }
-}
-
-fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let filter = EnvFilter::try_new(level)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into journald or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-    Ok(())
 }

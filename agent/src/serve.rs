@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cgroup::{self, Attribution},
-    cli::{ClassicBuckets, ServeArgs},
+    cli::{ClassicBuckets, ListenAddr, ServeArgs},
     collector::{Collectors, Layout},
     fd_limit, http,
     metrics::Metrics,
@@ -24,10 +24,13 @@ use crate::{
 
 /// The listen address cannot be used: a usage error (exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {reason}; choose another address with --listen")]
+#[error(
+    "cannot listen on {addr}: {reason}; choose another address with \
+     --web.listen-address (alias --listen)"
+)]
 pub struct BindError {
     /// The address asked for.
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     /// Why binding failed (in use, not a local address, ...). Part of the
     /// message, not a separate source, so the one line says it once.
     pub reason: io::Error,
@@ -109,7 +112,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         )),
         profiler: profiler.clone(),
     };
-    tracing::info!(listen = %args.listen, max_connections, "serving /metrics");
+    // The address bound: a hostname's, or the port `:0` got.
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.to_string(), |addr| addr.to_string());
+    let path = &args.web_telemetry_path;
+    tracing::info!(listen = %listen, max_connections, "serving {path}");
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
@@ -126,7 +134,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     shutdown.cancel();
                 }
             });
-            http::serve(listener, state, max_connections, shutdown).await
+            http::serve(listener, state, path, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 
@@ -207,10 +215,38 @@ fn fit_connections(wanted: usize) -> usize {
 }
 
 /// Binds the listening socket (non-blocking, for the runtime to adopt).
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .map_err(|reason| BindError { addr, reason })
+fn bind(addr: ListenAddr) -> Result<std::net::TcpListener, BindError> {
+    match addr {
+        ListenAddr::Socket(socket) => std::net::TcpListener::bind(socket),
+        ListenAddr::Any(port) => bind_any(port),
+    }
+    .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+    .map_err(|reason| BindError { addr, reason })
+}
+
+/// `:PORT` as Go's net.Listen has it: one socket on `[::]:PORT` that takes
+/// IPv4 connections too (IPV6_V6ONLY off, whatever the
+/// net.ipv6.bindv6only sysctl says), or `0.0.0.0:PORT` on a host without
+/// IPv6. Otherwise as std's bind: SO_REUSEADDR, a backlog of 128.
+fn bind_any(port: u16) -> io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let socket = match rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) {
+        Ok(socket) => socket,
+        Err(rustix::io::Errno::AFNOSUPPORT) => {
+            return std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    sockopt::set_ipv6_v6only(&socket, false)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
+    rustix::net::listen(&socket, 128)?;
+    Ok(socket.into())
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -226,5 +262,40 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use rustix::net::sockopt;
+
+    use super::*;
+
+    /// `:PORT` is one socket for IPv6 and IPv4 whatever the sysctl
+    /// net.ipv6.bindv6only says, set as std's bind sets its sockets.
+    #[test]
+    fn any_address_takes_ipv4_and_ipv6() {
+        let listener = bind(ListenAddr::Any(0)).unwrap();
+        let local = listener.local_addr().unwrap();
+        assert_eq!(local.ip(), Ipv6Addr::UNSPECIFIED);
+        assert!(!sockopt::ipv6_v6only(&listener).unwrap());
+        assert!(sockopt::socket_reuseaddr(&listener).unwrap());
+        TcpStream::connect((Ipv4Addr::LOCALHOST, local.port())).unwrap();
+        TcpStream::connect((Ipv6Addr::LOCALHOST, local.port())).unwrap();
+    }
+
+    #[test]
+    fn a_busy_port_says_which_address() {
+        let busy = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let err = bind(ListenAddr::Any(port)).unwrap_err();
+        assert_eq!(err.reason.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on :{port}: ")),
+            "{err}"
+        );
     }
 }

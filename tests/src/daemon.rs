@@ -54,19 +54,29 @@ impl Daemon {
         extra: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Daemon {
-        require_root();
         let addr = free_local_addr();
+        let listen = addr.to_string();
+        Self::spawn_listening(&["--listen", &listen], addr, collectors, extra, configure)
+    }
+
+    /// Like [`Daemon::spawn_configured`], with `listen` (the flag and its
+    /// value) for the listening address, where the daemon then answers at
+    /// `addr`.
+    pub fn spawn_listening(
+        listen: &[&str],
+        addr: SocketAddr,
+        collectors: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        require_root();
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
         let log_file = File::create(&log).expect("create the daemon's log file");
         let mut command = Command::new(hostscope_bin());
         command
-            .args([
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--collectors",
-                collectors,
-            ])
+            .arg("serve")
+            .args(listen)
+            .args(["--collectors", collectors])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

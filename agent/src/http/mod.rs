@@ -30,8 +30,17 @@ pub struct AppState {
     pub profiler: Result<Arc<Profiler>, Arc<str>>,
 }
 
-const INDEX: &str = "hostscope\n\n\
-    /metrics                           Prometheus metrics (text 0.0.4; OpenMetrics if asked)\n\
+/// The routes besides the metrics', which `--web.telemetry-path` may not take.
+pub const OTHER_ROUTES: [&str; 5] = [
+    "/",
+    "/healthz",
+    "/flamegraph.svg",
+    "/stacks",
+    "/debug/pprof/profile",
+];
+
+/// The index page below its first route, the metrics' path.
+const INDEX: &str = "\
     /healthz                           liveness: 200 while the daemon serves\n\
     /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
@@ -42,17 +51,22 @@ const INDEX: &str = "hostscope\n\n\
     kind=offcpu: where threads block instead, weighted by time blocked\n\
     (folded and SVG in microseconds), min_block_us=N (default 1000).\n";
 
-/// Serves at most `max_connections` at once until `shutdown` is cancelled,
-/// then gives in-flight requests a moment to finish.
+/// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), at
+/// most `max_connections` at once, until `shutdown` is cancelled, then
+/// gives in-flight requests a moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    telemetry_path: &str,
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let index = format!(
+        "hostscope\n\n{telemetry_path:<34} Prometheus metrics (text 0.0.4; OpenMetrics, protobuf if asked)\n{INDEX}"
+    );
     let app = Router::new()
-        .route("/", get(|| async { INDEX }))
-        .route("/metrics", get(scrape))
+        .route("/", get(move || async move { index }))
+        .route(telemetry_path, get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/flamegraph.svg", get(flamegraph))
         .route("/stacks", get(stacks))

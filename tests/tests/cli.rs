@@ -71,30 +71,35 @@ fn bad_web_listen_address_says_what_form_is_expected() {
     }
 }
 
-/// `:PORT` listens on every address, IPv4 included, as Go exporters do.
-#[test]
-fn listen_on_every_address_with_colon_port() {
+/// A sched-only daemon started with `--web.listen-address HOST:PORT` for a
+/// port that was free; it answers at 127.0.0.1:PORT.
+fn serve_on(host: &str) -> Daemon {
     let addr = free_local_addr();
-    let listen = format!(":{}", addr.port());
-    let daemon = Daemon::spawn_listening(
+    let listen = format!("{host}:{}", addr.port());
+    Daemon::spawn_listening(
         &["--web.listen-address", &listen],
         addr,
         "sched",
         &[],
         |_| {},
-    );
+    )
+}
+
+/// `:PORT` listens on every address, IPv4 included, as Go exporters do.
+#[test]
+fn listen_on_every_address_with_colon_port() {
+    let daemon = serve_on("");
+    let port = daemon.addr.port();
     let exposition = daemon.scrape();
     assert_eq!(
         exposition.value("hostscope_collector_up", &[("collector", "sched")]),
         Some(1.0)
     );
     // IPv6 too, where the host has it (the test machines do).
-    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     std::net::TcpStream::connect(v6).expect("connect over IPv6 loopback");
     assert!(
-        daemon
-            .log()
-            .contains(&format!("listen=[::]:{}", addr.port())),
+        daemon.log().contains(&format!("listen=[::]:{port}")),
         "{}",
         daemon.log()
     );
@@ -105,15 +110,8 @@ fn listen_on_every_address_with_colon_port() {
 /// one the harness uses).
 #[test]
 fn listen_on_a_hostname_and_from_the_environment() {
-    let addr = free_local_addr();
-    let listen = format!("localhost:{}", addr.port());
-    let daemon = Daemon::spawn_listening(
-        &["--web.listen-address", &listen],
-        addr,
-        "sched",
-        &[],
-        |_| {},
-    );
+    let daemon = serve_on("localhost");
+    let addr = daemon.addr;
     assert_eq!(daemon.get("/healthz").0, 200);
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
     assert!(std::net::TcpStream::connect(v6).is_err(), "not on ::1");

@@ -137,6 +137,19 @@ fn block_io_per_cgroup_is_exact() {
     assert_eq!(count(&b, "write"), writes as f64, "B's writes");
     assert_eq!(count(&a, "write"), 0.0, "A wrote nothing");
     assert_eq!(count(&b, "read"), 0.0, "B read nothing");
+    // The host-wide drop counters exist for every disk and operation seen,
+    // at 0 before any drop, so that increase() sees the first ones.
+    for op in ["read", "write"] {
+        assert_eq!(
+            after.value(
+                "hostscope_block_io_dropped_total",
+                &[("device", device.name.as_str()), ("op", op)]
+            ),
+            Some(0.0),
+            "no zero drop counter for {} {op}",
+            device.name
+        );
+    }
 }
 
 /// k connects from A and m from B (and failed ones from A) are counted

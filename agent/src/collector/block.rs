@@ -155,10 +155,31 @@ impl Collector for BlockCollector {
             dropped_by_disk.push((unknown, unknown_disk));
         }
         let (histograms, layout) = match &self.by_cgroup {
-            Some((attribution, per_cgroup)) => (
-                Self::by_cgroup(attribution, per_cgroup, &mut names)?,
-                attribution.layout(),
-            ),
+            Some((attribution, per_cgroup)) => {
+                let histograms = Self::by_cgroup(attribution, per_cgroup, &mut names)?;
+                // Latencies then go only to the per-cgroup map, so the
+                // host-wide drop counters exist only where something was
+                // dropped: give every disk and operation seen a series
+                // from its first I/O, as without --by-cgroup, so that
+                // increase() sees the first drops.
+                let seen: std::collections::BTreeSet<Labels> = histograms
+                    .iter()
+                    .map(|(labels, _)| {
+                        labels
+                            .iter()
+                            .filter(|(name, _)| *name == "device" || *name == "op")
+                            .cloned()
+                            .collect()
+                    })
+                    .collect();
+                for labels in seen {
+                    if !dropped_by_disk.iter().any(|(known, _)| *known == labels) {
+                        dropped_by_disk.push((labels, 0));
+                    }
+                }
+                dropped_by_disk.sort();
+                (histograms, attribution.layout())
+            }
             None => (histograms, Layout::Fine),
         };
         Ok(vec![

@@ -35,14 +35,15 @@ fn runq(daemon: &Daemon) -> HistogramSample {
 /// count and sum over that window must match what the kernel accounted for
 /// every thread on the system over the same window.
 ///
-/// Tolerances: count within 2%; sum within 3% plus 1.5 us per wait. The two
+/// Tolerances: count within 2%; sum within 3% plus 4 us per wait. The two
 /// sides observe the same switches, but (a) the kernel starts a wait at
 /// enqueue and ends it with the rq clock read at the top of `__schedule`,
 /// while the probe reads the monotonic clock at the sched_wakeup and
-/// sched_switch tracepoints. That skews every wait by a roughly constant
-/// amount whose sign and size depend on the machine: +0.3 us per wait on the
-/// development VM, -1.2 us on a CI VM (where the ping-pong's ~340k waits of
-/// ~5 us each made the sums differ by 5.3%). (b) Threads that exit during the
+/// sched_switch tracepoints. That skews every wait by an amount whose sign
+/// and size vary from run to run and machine to machine: from -2.8 to +3.4
+/// us per wait on these VMs (counts agreeing within 0.1% each time), which
+/// over the ping-pong's ~300k waits of a few us each moves the sums by up
+/// to 9%. (b) Threads that exit during the
 /// window vanish from /proc, and the test's own reads of /proc and the scrape
 /// run just outside one window or the other. The margin absorbs both without
 /// hiding a real miscount: a missed requeue path loses the spinners' ~6 s of
@@ -97,7 +98,7 @@ fn histogram_matches_schedstat_of_all_threads() {
 
 /// How far the probe's and the kernel's clocks may disagree about one wait;
 /// see [`histogram_matches_schedstat_of_all_threads`].
-const PER_WAIT_SKEW_NS: f64 = 1500.0;
+const PER_WAIT_SKEW_NS: f64 = 4000.0;
 
 /// The exported histogram is well formed: cumulative buckets never decrease,
 /// `+Inf` equals `_count`, and with `--classic-buckets fine` there are at

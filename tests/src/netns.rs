@@ -120,6 +120,17 @@ impl Drop for NetnsPair {
     }
 }
 
+/// Writes 100-byte segments to `client` every 5 ms for `how_long`: small
+/// writes with Nagle off, so that each lost segment is one retransmission.
+pub fn write_for(client: &mut std::net::TcpStream, how_long: std::time::Duration) {
+    use std::io::Write as _;
+    let end = std::time::Instant::now() + how_long;
+    while std::time::Instant::now() < end {
+        client.write_all(&[7u8; 100]).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The kernel's TCP_INFO for a socket: (tcpi_rtt in us, tcpi_total_retrans).
 pub fn tcp_info(socket: &std::net::TcpStream) -> (u32, u32) {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.

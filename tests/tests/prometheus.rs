@@ -23,7 +23,7 @@ use hostscope_tests::{
     blockdev::LoopDevice,
     daemon::{Daemon, free_local_addr},
     exposition::Exposition,
-    netns::NetnsPair,
+    netns::{NetnsPair, write_for},
     workload::{Workload, other_cpu},
 };
 use serde_json::Value;
@@ -527,13 +527,6 @@ fn workload() -> LoopDevice {
         while matches!(server.read(&mut buffer), Ok(n) if n > 0) {}
     });
     client.set_nodelay(true).expect("nodelay");
-    let write_for = |client: &mut TcpStream, how_long: Duration| {
-        let end = Instant::now() + how_long;
-        while Instant::now() < end {
-            client.write_all(&[7u8; 100]).expect("send");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     write_for(&mut client, Duration::from_millis(100));
     pair.set_b_reachable(false);
     write_for(&mut client, Duration::from_millis(900));

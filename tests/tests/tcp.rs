@@ -10,14 +10,14 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hostscope_tests::{
     assert_close,
     daemon::Daemon,
     exposition::{Exposition, HistogramSample},
-    netns::{NetnsPair, tcp_info},
+    netns::{NetnsPair, tcp_info, write_for},
 };
 
 const RTT: &str = "hostscope_tcp_rtt_seconds";
@@ -161,13 +161,6 @@ fn retransmits_match_tcp_info() {
 
     let before = daemon.scrape();
     client.set_nodelay(true).expect("nodelay");
-    let write_for = |client: &mut TcpStream, how_long: Duration| {
-        let end = Instant::now() + how_long;
-        while Instant::now() < end {
-            client.write_all(&[7u8; 100]).expect("send");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     write_for(&mut client, Duration::from_millis(200));
     pair.set_b_reachable(false);
     write_for(&mut client, Duration::from_millis(900));

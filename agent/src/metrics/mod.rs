@@ -464,19 +464,20 @@ mod tests {
     use super::*;
     use crate::collector::{Family, Labels, Values};
 
-    /// A prometheus-client collector that encodes fixed families.
+    /// A prometheus-client collector that encodes fixed families under a
+    /// classic layout.
     #[derive(Debug)]
-    struct Fixed(Vec<Family>);
+    struct Fixed(Vec<Family>, Layout);
 
     impl Collector for Fixed {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_families(&mut encoder, &self.0, Layout::Fine)
+            encode_families(&mut encoder, &self.0, self.1)
         }
     }
 
     fn exposition(families: Vec<Family>) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Fixed(families)));
+        registry.register_collector(Box::new(Fixed(families, Layout::Fine)));
         let mut out = String::new();
         text::encode(&mut out, &registry).expect("encodes");
         out
@@ -628,7 +629,7 @@ mod tests {
         };
         let encoded = |classic, layout| {
             let mut registry = Registry::default();
-            registry.register_collector(Box::new(Capped(vec![family(layout)], classic)));
+            registry.register_collector(Box::new(Fixed(vec![family(layout)], classic)));
             let mut out = String::new();
             text::encode(&mut out, &registry).expect("encodes");
             out.lines()
@@ -643,15 +644,5 @@ mod tests {
         assert_eq!(encoded(Layout::Coarse, Layout::Fine).len(), COARSE_BUCKETS);
         assert_eq!(encoded(Layout::Fine, Layout::Coarse).len(), COARSE_BUCKETS);
         assert_eq!(encoded(Layout::Fine, Layout::Fine).len(), BUCKETS);
-    }
-
-    /// Encodes fixed families under a classic layout.
-    #[derive(Debug)]
-    struct Capped(Vec<Family>, Layout);
-
-    impl Collector for Capped {
-        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_families(&mut encoder, &self.0, self.1)
-        }
     }
 }

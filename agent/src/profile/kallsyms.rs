@@ -7,10 +7,13 @@
 
 use std::io::BufReader;
 
-/// Kernel text symbols, sorted by address.
+/// Kernel text symbols, sorted by address. The addresses are kept apart
+/// from the names so that the binary search over some 200,000 of them
+/// touches 1.6 MB rather than 5.
 #[derive(Debug, Default)]
 pub struct KernelSymbols {
-    symbols: Vec<(u64, Box<str>)>,
+    starts: Vec<u64>,
+    names: Vec<Box<str>>,
 }
 
 impl KernelSymbols {
@@ -43,19 +46,18 @@ impl KernelSymbols {
             symbols.push((addr, name.into()));
         }
         symbols.sort_unstable_by_key(|(addr, _)| *addr);
-        Self { symbols }
+        let (starts, names) = symbols.into_iter().unzip();
+        Self { starts, names }
     }
 
     /// The function containing `addr`: the last symbol at or before it.
     /// Past the last symbol (or with hidden addresses) there is none.
     pub fn name(&self, addr: u64) -> Option<&str> {
-        let after = self.symbols.partition_point(|(start, _)| *start <= addr);
-        if after == self.symbols.len() {
+        let after = self.starts.partition_point(|start| *start <= addr);
+        if after == self.starts.len() {
             return None;
         }
-        self.symbols
-            .get(after.checked_sub(1)?)
-            .map(|(_, name)| &**name)
+        self.names.get(after.checked_sub(1)?).map(|name| &**name)
     }
 }
 

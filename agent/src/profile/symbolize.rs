@@ -40,13 +40,14 @@ use crate::sandbox::{FileId, ModuleRef, ProcessStacks, Sandbox, SandboxError, St
 /// soft open-file limit, so that connections and maps always have room.
 const MAX_OPEN_FILES: usize = 2048;
 /// How long, after sampling, the reads of processes' mappings still under
-/// way are waited for; processes not read by then keep no names. The reads
-/// still under way then are of processes first sampled in the capture's
-/// last moments, and on a busy host those are mostly starting up: a
-/// nice-19 shell preempted in exec or mmap holds its memory-map lock, and
-/// with 300 busy processes its read took 150-900 ms here. Waiting for them
-/// would trade the whole graph's latency for a handful of samples.
-const READ_WAIT: Duration = Duration::from_millis(100);
+/// way are waited for (while the others' frames are named); processes not
+/// read by then keep no names. The reads still under way then are of
+/// processes first sampled in the capture's last moments, and on a busy
+/// host those are mostly starting up: a nice-19 shell preempted in exec or
+/// mmap holds the locks that reading its maps takes, and with 300 busy
+/// processes such a read took 150-900 ms here. Waiting for them would trade
+/// the whole graph's latency for a handful of samples (1-3 of 2,000 there).
+const READ_WAIT: Duration = Duration::from_millis(50);
 /// How long naming one capture's files may take in all; past it, the rest
 /// are named `file+0xOFFSET`.
 const BUDGET: Duration = Duration::from_secs(20);
@@ -222,13 +223,26 @@ fn run(
                 }
             }
             Job::Symbolize(mut raw, request, ended, reply) => {
+                let started = Instant::now();
                 // Processes that first ran after the last tick.
                 for tgid in raw.comms.keys() {
                     if processes.request(*tgid, readers) {
                         cgroups.process(*tgid);
                     }
                 }
-                let deadline = Instant::now() + READ_WAIT;
+                std::mem::take(&mut unwinding.counts).add_to(&mut raw);
+                // Cgroups created since the first walk.
+                cgroups.walk();
+                let mut user = UserNames::default();
+                // Name what can be named now, while the last reads finish.
+                let named: HashSet<u32> = processes.by_tgid.keys().copied().collect();
+                {
+                    let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    sandbox.refresh();
+                    let addrs = user_addresses(&raw, |tgid| named.contains(&tgid));
+                    user.add(&mut sandbox, &processes, addrs, started);
+                }
+                let deadline = ended + READ_WAIT;
                 while processes.reading() > 0 {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let Ok(Job::Read(read)) = queue.recv_timeout(left) else {
@@ -255,17 +269,26 @@ fn run(
                 }
                 let waited = ended.elapsed();
                 std::mem::take(&mut unwinding.counts).add_to(&mut raw);
-                // Cgroups created since the first walk.
-                cgroups.walk();
                 let mut sandbox = sandbox.lock().unwrap_or_else(PoisonError::into_inner);
-                sandbox.refresh();
+                let late = user_addresses(&raw, |tgid| !named.contains(&tgid));
+                user.add(&mut sandbox, &processes, late, started);
+                user.add_build_ids(&mut sandbox, &processes, started);
+                drop(sandbox);
                 let kernel = match kernel {
                     Ok(loading) => loading.join().unwrap_or_default(),
                     Err(_) => KernelSymbols::load(),
                 };
-                let mut profile =
-                    symbolize(&mut sandbox, &processes, &cgroups, &kernel, raw, request);
-                profile.timings.unwinding = waited;
+                let stacks = Merger::new(&raw, &user, &kernel, &cgroups).merge();
+                let profile = Profile {
+                    stacks,
+                    mappings: user.mappings,
+                    request,
+                    dropped: raw.dropped,
+                    timings: super::Timings {
+                        unwinding: waited,
+                        symbolizing: started.elapsed(),
+                    },
+                };
                 let _ = reply.send(profile);
                 return;
             }
@@ -596,88 +619,239 @@ struct Place {
     fallback: String,
 }
 
-fn symbolize(
-    sandbox: &mut Sandbox,
-    processes: &Processes,
-    cgroups: &cgroups::Names,
-    kernel: &KernelSymbols,
-    raw: Raw,
-    request: Request,
-) -> Profile {
-    let started = Instant::now();
+/// The user addresses to name of the processes `wanted` picks, each once.
+fn user_addresses(raw: &Raw, wanted: impl Fn(u32) -> bool) -> BTreeMap<u32, Vec<u64>> {
     let mut user_addrs: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut listed = HashSet::new();
     for (key, _) in &raw.counts {
-        if let Some((ips, _)) = user_stack(&raw, key.user_stack) {
+        if !wanted(key.tgid) || !listed.insert((key.tgid, key.user_stack)) {
+            continue;
+        }
+        if let Some((ips, _)) = user_stack(raw, key.user_stack) {
             user_addrs
                 .entry(key.tgid)
                 .or_default()
                 .extend(call_sites(ips));
         }
     }
-    let user = user_names(sandbox, processes, user_addrs, started);
+    user_addrs
+}
 
-    // Stacks that differ only in addresses within the same functions read
-    // the same once symbolized: merge them. So do cgroups with one name
-    // (unknown ones).
-    let mut merged: HashMap<(u32, String, Vec<String>), Stack> = HashMap::new();
-    let mut cgroup_names: HashMap<u64, String> = HashMap::new();
-    for (key, count) in &raw.counts {
+/// Frame names, each kept once and known by a number.
+#[derive(Default)]
+struct Interned {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interned {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        self.add(name.to_owned())
+    }
+
+    fn add(&mut self, name: String) -> u32 {
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names
+            .get(id as usize)
+            .map_or("[unknown]", String::as_str)
+    }
+}
+
+/// The named half of a stack: its frames by number and, for user frames,
+/// where each was.
+struct Part {
+    frames: Vec<u32>,
+    addresses: Vec<Option<(usize, u64)>>,
+}
+
+/// Turns the kernel's counts into named stacks. Thousands of counts share
+/// a few hundred distinct stacks, which share a few thousand names: each
+/// stack is named once, as numbers, and stacks are merged by those
+/// numbers, so that strings are only built for the merged stacks.
+struct Merger<'a> {
+    raw: &'a Raw,
+    user: &'a UserNames,
+    kernel: &'a KernelSymbols,
+    cgroups: &'a cgroups::Names,
+    names: Interned,
+    /// Each user stack (by process and stack id) named: the index in
+    /// `parts` of its frames' sequence, and of its own part.
+    user_parts: HashMap<(u32, i32), (usize, usize)>,
+    /// Each kernel stack named, as an index in `parts`.
+    kernel_parts: HashMap<i32, usize>,
+    /// Each distinct sequence of frames, as an index in `parts`.
+    by_frames: HashMap<Vec<u32>, usize>,
+    parts: Vec<Part>,
+    /// Cgroup ids' names, by number.
+    cgroup_names: HashMap<u64, u32>,
+    /// Kernel addresses' names, by number: kernel stacks share most of
+    /// their frames.
+    kernel_names: HashMap<u64, u32>,
+    /// User addresses' names, by number.
+    user_names: HashMap<(u32, u64), u32>,
+}
+
+impl<'a> Merger<'a> {
+    fn new(
+        raw: &'a Raw,
+        user: &'a UserNames,
+        kernel: &'a KernelSymbols,
+        cgroups: &'a cgroups::Names,
+    ) -> Self {
+        let mut names = Interned::default();
+        let user_names = user
+            .names
+            .iter()
+            .map(|(place, name)| (*place, names.id(name)))
+            .collect();
+        Self {
+            raw,
+            user,
+            kernel,
+            cgroups,
+            names,
+            user_parts: HashMap::new(),
+            kernel_parts: HashMap::new(),
+            by_frames: HashMap::new(),
+            parts: Vec::new(),
+            cgroup_names: HashMap::new(),
+            kernel_names: HashMap::new(),
+            user_names,
+        }
+    }
+
+    /// Stacks that differ only in addresses within the same functions read
+    /// the same once symbolized: they are merged. So are cgroups with one
+    /// name (unknown ones).
+    fn merge(mut self) -> Vec<Stack> {
+        // (process, cgroup name, user frames, kernel frames): the count,
+        // and the user part first seen, whose addresses are kept.
+        let mut merged: HashMap<(u32, u32, usize, usize), (u64, usize)> = HashMap::new();
+        for (key, count) in &self.raw.counts {
+            let user = self.user_part(key.tgid, key.user_stack);
+            let kernel = self.kernel_part(key.kernel_stack);
+            let cgroup = self.cgroup(key.cgroup);
+            let (user_frames, _) = user;
+            merged
+                .entry((key.tgid, cgroup, user_frames, kernel))
+                .and_modify(|(total, _)| *total += count)
+                .or_insert((*count, user.1));
+        }
+        merged
+            .into_iter()
+            .map(|((tgid, cgroup, user_frames, kernel), (count, first))| {
+                let names = &self.names;
+                let frames: Vec<String> = [user_frames, kernel]
+                    .iter()
+                    .filter_map(|part| self.parts.get(*part))
+                    .flat_map(|part| part.frames.iter().map(|id| names.name(*id).to_owned()))
+                    .collect();
+                let mut addresses = self
+                    .parts
+                    .get(first)
+                    .map_or_else(Vec::new, |part| part.addresses.clone());
+                addresses.resize(frames.len(), None);
+                Stack {
+                    cgroup: names.name(cgroup).to_owned(),
+                    comm: self
+                        .raw
+                        .comms
+                        .get(&tgid)
+                        .map_or_else(|| format!("pid {tgid}"), |comm| printable(comm)),
+                    pid: tgid,
+                    frames,
+                    addresses,
+                    count,
+                }
+            })
+            .collect()
+    }
+
+    /// A process's user stack, named: the index of its frames' sequence,
+    /// and of the part holding its addresses.
+    fn user_part(&mut self, tgid: u32, id: i32) -> (usize, usize) {
+        if let Some(parts) = self.user_parts.get(&(tgid, id)) {
+            return *parts;
+        }
         let mut frames = Vec::new();
         let mut addresses = Vec::new();
-        // Outermost caller first: user frames, then the kernel's.
-        if let Some((ips, truncated)) = user_stack(&raw, key.user_stack) {
+        // Outermost caller first.
+        if let Some((ips, truncated)) = user_stack(self.raw, id) {
             for addr in call_sites(ips).rev() {
-                frames.push(
-                    user.names
-                        .get(&(key.tgid, addr))
-                        .cloned()
-                        .unwrap_or_else(|| "[unknown]".to_owned()),
-                );
-                addresses.push(user.mapping_of.get(&(key.tgid, addr)).map(|m| (*m, addr)));
+                let name = match self.user_names.get(&(tgid, addr)) {
+                    Some(name) => *name,
+                    None => self.names.id("[unknown]"),
+                };
+                frames.push(name);
+                addresses.push(self.user.mapping_of.get(&(tgid, addr)).map(|m| (*m, addr)));
             }
             let at_root = frames
                 .first()
-                .is_some_and(|f| STACK_ROOTS.contains(&f.as_str()));
+                .is_some_and(|f| STACK_ROOTS.contains(&self.names.name(*f)));
             if truncated && !at_root {
-                frames.insert(0, "[truncated]".to_owned());
+                frames.insert(0, self.names.id("[truncated]"));
                 addresses.insert(0, None);
             }
         }
-        if let Some(ips) = stack(&raw, key.kernel_stack) {
+        let own = self.push(frames.clone(), addresses);
+        let sequence = *self.by_frames.entry(frames).or_insert(own);
+        self.user_parts.insert((tgid, id), (sequence, own));
+        (sequence, own)
+    }
+
+    /// A kernel stack, named: the index of its frames' sequence.
+    fn kernel_part(&mut self, id: i32) -> usize {
+        if let Some(part) = self.kernel_parts.get(&id) {
+            return *part;
+        }
+        let mut frames = Vec::new();
+        if let Some(ips) = stack(self.raw, id) {
             for addr in call_sites(ips).rev() {
-                frames.push(format!("{}_[k]", kernel.name(addr).unwrap_or("[kernel]")));
-                addresses.push(None);
+                let name = match self.kernel_names.get(&addr) {
+                    Some(name) => *name,
+                    None => {
+                        let name = self.kernel.name(addr).unwrap_or("[kernel]");
+                        let name = self.names.id(&format!("{name}_[k]"));
+                        self.kernel_names.insert(addr, name);
+                        name
+                    }
+                };
+                frames.push(name);
             }
         }
-        let comm = raw
-            .comms
-            .get(&key.tgid)
-            .map_or_else(|| format!("pid {}", key.tgid), |comm| printable(comm));
-        let cgroup = cgroup_names
-            .entry(key.cgroup)
-            .or_insert_with(|| printable(&cgroups.name(key.cgroup)))
-            .clone();
-        merged
-            .entry((key.tgid, cgroup.clone(), frames.clone()))
-            .and_modify(|s| s.count += count)
-            .or_insert(Stack {
-                cgroup,
-                comm,
-                pid: key.tgid,
-                frames,
-                addresses,
-                count: *count,
-            });
+        let part = match self.by_frames.get(&frames) {
+            Some(part) => *part,
+            None => {
+                let part = self.push(frames.clone(), Vec::new());
+                self.by_frames.insert(frames, part);
+                part
+            }
+        };
+        self.kernel_parts.insert(id, part);
+        part
     }
-    Profile {
-        stacks: merged.into_values().collect(),
-        mappings: user.mappings,
-        request,
-        dropped: raw.dropped,
-        timings: super::Timings {
-            unwinding: Duration::ZERO,
-            symbolizing: started.elapsed(),
-        },
+
+    fn push(&mut self, frames: Vec<u32>, addresses: Vec<Option<(usize, u64)>>) -> usize {
+        self.parts.push(Part { frames, addresses });
+        self.parts.len() - 1
+    }
+
+    fn cgroup(&mut self, id: u64) -> u32 {
+        if let Some(name) = self.cgroup_names.get(&id) {
+            return *name;
+        }
+        let name = self.names.id(&printable(&self.cgroups.name(id)));
+        self.cgroup_names.insert(id, name);
+        name
     }
 }
 
@@ -690,145 +864,171 @@ struct UserNames {
     mapping_of: HashMap<(u32, u64), usize>,
     /// Every file mapping a sampled address is in.
     mappings: Vec<super::Mapping>,
+    /// The open file each of `mappings` is read from.
+    file_of_mapping: Vec<Option<usize>>,
+    /// Per mapping (by process and index in its maps): its index in
+    /// `mappings`.
+    mapping_index: HashMap<(u32, usize), usize>,
 }
 
-/// Names for every process's user addresses. Each mapped file is named once
-/// for all the processes and addresses that hit it: a host running three
-/// hundred copies of one program has its ELF read once, not three hundred
-/// times.
-fn user_names(
-    sandbox: &mut Sandbox,
-    processes: &Processes,
-    user_addrs: BTreeMap<u32, Vec<u64>>,
-    started: Instant,
-) -> UserNames {
-    let mut names = HashMap::new();
-    let mut mapping_of = HashMap::new();
-    let mut mappings: Vec<super::Mapping> = Vec::new();
-    // Per mapping (by process and index in its maps): its index in
-    // `mappings`, and the open file it is read from.
-    let mut mapping_index: HashMap<(u32, usize), usize> = HashMap::new();
-    let mut file_of_mapping: Vec<Option<usize>> = Vec::new();
-    let mut by_file: HashMap<usize, Vec<(u64, Place)>> = HashMap::new();
-    let mut by_perf_map: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for (tgid, mut addrs) in user_addrs {
-        addrs.sort_unstable();
-        addrs.dedup();
-        let Some(process) = processes.by_tgid.get(&tgid) else {
-            continue;
-        };
-        for addr in addrs {
-            let found = procmaps::find(&process.mappings, addr)
-                .and_then(|i| Some((i, process.mappings.get(i)?)));
-            match found {
-                Some((i, mapping)) if mapping.is_file() => {
-                    let offset = addr - mapping.start + mapping.offset;
-                    let index = *mapping_index.entry((tgid, i)).or_insert_with(|| {
-                        mappings.push(super::Mapping {
-                            start: mapping.start,
-                            limit: mapping.end,
-                            file_offset: mapping.offset,
-                            file: printable(&mapping.path.as_ref().map_or_else(
-                                || mapping.module_name(),
-                                |p| p.display().to_string(),
-                            )),
-                            build_id: None,
-                        });
-                        file_of_mapping.push(processes.file_of(process, i));
-                        mappings.len() - 1
-                    });
-                    mapping_of.insert((tgid, addr), index);
-                    let fallback = printable(&format!("{}+{offset:#x}", mapping.module_name()));
-                    let place = Place {
-                        tgid,
-                        addr,
-                        fallback,
-                    };
-                    match processes.file_of(process, i) {
-                        Some(file) => by_file.entry(file).or_default().push((offset, place)),
-                        None => {
-                            names.insert((tgid, addr), place.fallback);
+impl UserNames {
+    /// Names these processes' user addresses. Each mapped file is named
+    /// once for all the processes and addresses that hit it: a host
+    /// running three hundred copies of one program has its ELF read once,
+    /// not three hundred times. Past [`BUDGET`] since `started`, the rest
+    /// are named `file+0xOFFSET`.
+    fn add(
+        &mut self,
+        sandbox: &mut Sandbox,
+        processes: &Processes,
+        user_addrs: BTreeMap<u32, Vec<u64>>,
+        started: Instant,
+    ) {
+        let mut by_file: HashMap<usize, Vec<(u64, Place)>> = HashMap::new();
+        let mut by_perf_map: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (tgid, mut addrs) in user_addrs {
+            addrs.sort_unstable();
+            addrs.dedup();
+            let Some(process) = processes.by_tgid.get(&tgid) else {
+                continue;
+            };
+            for addr in addrs {
+                let found = procmaps::find(&process.mappings, addr)
+                    .and_then(|i| Some((i, process.mappings.get(i)?)));
+                match found {
+                    Some((i, mapping)) if mapping.is_file() => {
+                        let offset = addr - mapping.start + mapping.offset;
+                        let index = self.mapping(processes, process, tgid, i, mapping);
+                        self.mapping_of.insert((tgid, addr), index);
+                        let fallback = printable(&format!("{}+{offset:#x}", mapping.module_name()));
+                        let place = Place {
+                            tgid,
+                            addr,
+                            fallback,
+                        };
+                        match processes.file_of(process, i) {
+                            Some(file) => by_file.entry(file).or_default().push((offset, place)),
+                            None => {
+                                self.names.insert((tgid, addr), place.fallback);
+                            }
                         }
                     }
+                    Some((_, mapping)) if mapping.path.is_some() => {
+                        // [vdso], [vsyscall]: named by what they are.
+                        self.names
+                            .insert((tgid, addr), printable(&mapping.module_name()));
+                    }
+                    // Anonymous memory, or none: JIT code, if a perf map
+                    // names it.
+                    _ if process.perf_map.is_some() => {
+                        by_perf_map.entry(tgid).or_default().push(addr);
+                    }
+                    _ => {}
                 }
-                Some((_, mapping)) if mapping.path.is_some() => {
-                    // [vdso], [vsyscall]: named by what they are.
-                    names.insert((tgid, addr), printable(&mapping.module_name()));
-                }
-                // Anonymous memory, or none: JIT code, if a perf map names it.
-                _ if process.perf_map.is_some() => by_perf_map.entry(tgid).or_default().push(addr),
-                _ => {}
             }
+        }
+
+        let mut failures = 0usize;
+        let mut over_budget = false;
+        for (file, places) in by_file {
+            let offsets: Vec<u64> = places.iter().map(|(offset, _)| *offset).collect();
+            let answer = match processes.files.get(file) {
+                Some(_) if started.elapsed() > BUDGET => {
+                    over_budget = true;
+                    None
+                }
+                Some(fd) => ask(&mut failures, sandbox.elf_names(fd.as_fd(), &offsets)),
+                None => None,
+            };
+            for (i, (_, place)) in places.into_iter().enumerate() {
+                let name = answer
+                    .as_ref()
+                    .and_then(|names| names.get(i).cloned().flatten())
+                    .map_or(place.fallback, |name| printable(&name));
+                self.names.insert((place.tgid, place.addr), name);
+            }
+        }
+        for (tgid, addrs) in by_perf_map {
+            let Some(fd) = processes
+                .by_tgid
+                .get(&tgid)
+                .and_then(|p| p.perf_map.as_ref())
+            else {
+                continue;
+            };
+            if let Some(found) = ask(&mut failures, sandbox.perf_map_names(fd.as_fd(), &addrs)) {
+                for (addr, name) in addrs.into_iter().zip(found) {
+                    if let Some(name) = name {
+                        self.names.insert((tgid, addr), printable(&name));
+                    }
+                }
+            }
+        }
+        if failures > 0 {
+            tracing::warn!(
+                "{failures} files could not be named in the symbolizer sandbox; their frames read file+0xOFFSET"
+            );
+        }
+        if over_budget {
+            tracing::warn!(
+                "symbolization took over {} s; the remaining frames read file+0xOFFSET",
+                BUDGET.as_secs()
+            );
         }
     }
 
-    let mut failures = 0usize;
-    let mut over_budget = false;
-    for (file, places) in by_file {
-        let offsets: Vec<u64> = places.iter().map(|(offset, _)| *offset).collect();
-        let answer = match processes.files.get(file) {
-            Some(_) if started.elapsed() > BUDGET => {
-                over_budget = true;
-                None
-            }
-            Some(fd) => ask(&mut failures, sandbox.elf_names(fd.as_fd(), &offsets)),
-            None => None,
-        };
-        for (i, (_, place)) in places.into_iter().enumerate() {
-            let name = answer
-                .as_ref()
-                .and_then(|names| names.get(i).cloned().flatten())
-                .map_or(place.fallback, |name| printable(&name));
-            names.insert((place.tgid, place.addr), name);
+    /// The index in `mappings` of `process`'s `i`th mapping, added if new.
+    fn mapping(
+        &mut self,
+        processes: &Processes,
+        process: &Process,
+        tgid: u32,
+        i: usize,
+        mapping: &Mapping,
+    ) -> usize {
+        if let Some(index) = self.mapping_index.get(&(tgid, i)) {
+            return *index;
         }
-    }
-    // Build IDs, one question per file however many processes map it.
-    let mut build_ids: HashMap<usize, Option<String>> = HashMap::new();
-    for (mapping, file) in mappings.iter_mut().zip(&file_of_mapping) {
-        let Some(file) = *file else { continue };
-        if started.elapsed() > BUDGET {
-            over_budget = true;
-            break;
-        }
-        let id = build_ids.entry(file).or_insert_with(|| {
-            if let Some(known) = processes.build_ids.get(&file) {
-                return known.clone();
-            }
-            build_id(sandbox, processes.files.get(file)?.as_fd())
+        self.mappings.push(super::Mapping {
+            start: mapping.start,
+            limit: mapping.end,
+            file_offset: mapping.offset,
+            file: printable(
+                &mapping
+                    .path
+                    .as_ref()
+                    .map_or_else(|| mapping.module_name(), |p| p.display().to_string()),
+            ),
+            build_id: None,
         });
-        mapping.build_id = id.clone();
+        self.file_of_mapping.push(processes.file_of(process, i));
+        let index = self.mappings.len() - 1;
+        self.mapping_index.insert((tgid, i), index);
+        index
     }
-    for (tgid, addrs) in by_perf_map {
-        let Some(fd) = processes
-            .by_tgid
-            .get(&tgid)
-            .and_then(|p| p.perf_map.as_ref())
-        else {
-            continue;
-        };
-        if let Some(found) = ask(&mut failures, sandbox.perf_map_names(fd.as_fd(), &addrs)) {
-            for (addr, name) in addrs.into_iter().zip(found) {
-                if let Some(name) = name {
-                    names.insert((tgid, addr), printable(&name));
-                }
+
+    /// Gives each mapping its file's build ID: one question per file
+    /// however many processes map it, and none for files whose ID was
+    /// learned while sampling.
+    fn add_build_ids(&mut self, sandbox: &mut Sandbox, processes: &Processes, started: Instant) {
+        let mut build_ids: HashMap<usize, Option<String>> = HashMap::new();
+        for (mapping, file) in self.mappings.iter_mut().zip(&self.file_of_mapping) {
+            let Some(file) = *file else { continue };
+            if started.elapsed() > BUDGET {
+                tracing::warn!(
+                    "symbolization took over {} s; some mappings have no build ID",
+                    BUDGET.as_secs()
+                );
+                break;
             }
+            let id = build_ids.entry(file).or_insert_with(|| {
+                if let Some(known) = processes.build_ids.get(&file) {
+                    return known.clone();
+                }
+                build_id(sandbox, processes.files.get(file)?.as_fd())
+            });
+            mapping.build_id = id.clone();
         }
-    }
-    if failures > 0 {
-        tracing::warn!(
-            "{failures} files could not be named in the symbolizer sandbox; their frames read file+0xOFFSET"
-        );
-    }
-    if over_budget {
-        tracing::warn!(
-            "symbolization took over {} s; the remaining frames read file+0xOFFSET",
-            BUDGET.as_secs()
-        );
-    }
-    UserNames {
-        names,
-        mapping_of,
-        mappings,
     }
 }
 

@@ -118,9 +118,15 @@ impl Counts {
             .or_default() += 1;
     }
 
-    /// Adds the counts to `raw`, each unwound stack under an id of its own.
+    /// Adds the counts to `raw`, each unwound stack under an id of its own
+    /// (past those given by an earlier call).
     pub fn add_to(self, raw: &mut Raw) {
-        let mut next = FIRST_ID;
+        let mut next = raw
+            .stacks
+            .keys()
+            .filter(|id| **id >= FIRST_ID)
+            .max()
+            .map_or(FIRST_ID, |last| last.saturating_add(1));
         for (key, count) in self.counts {
             let user_stack = if key.user.is_empty() {
                 -1

@@ -140,6 +140,14 @@ pub struct ServeArgs {
           value_parser = parse_max_connections)]
     pub web_max_connections: usize,
 
+    /// Serve no CPU profiles: /flamegraph.svg, /stacks and
+    /// /debug/pprof/profile answer 404, and the profiler is never loaded.
+    #[arg(
+        long = "web.disable-profiling",
+        env = "HOSTSCOPE_WEB_DISABLE_PROFILING"
+    )]
+    pub web_disable_profiling: bool,
+
     #[command(flatten)]
     pub maps: MapArgs,
 

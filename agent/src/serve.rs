@@ -64,12 +64,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Loaded now, attached only while a profile is taken; before the BTF is
     // released, which the off-CPU program (a BTF tracepoint) needs to load.
-    let profiler = Profiler::new(probes.clone(), limits)
-        .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
-        .map_err(|err| {
-            tracing::error!("CPU profiling unavailable: {err}");
-            Arc::from(err.to_string())
-        });
+    let profiler = match args.web_disable_profiling {
+        true => {
+            tracing::info!("--web.disable-profiling: no profile endpoints");
+            None
+        }
+        false => Some(
+            Profiler::new(probes.clone(), limits)
+                .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
+                .map_err(|err| {
+                    tracing::error!("CPU profiling unavailable: {err}");
+                    Arc::from(err.to_string())
+                }),
+        ),
+    };
     probes
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -128,7 +136,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     shutdown_signal().await;
                     // Profiles end now (their clients get 503); scrapes in
                     // flight may finish.
-                    if let Ok(profiler) = &profiler {
+                    if let Some(Ok(profiler)) = &profiler {
                         profiler.shut_down();
                     }
                     shutdown.cancel();

@@ -26,8 +26,9 @@ use crate::{
 pub struct AppState {
     /// The registry served at /metrics.
     pub metrics: Arc<Metrics>,
-    /// The CPU profiler, or why there is none.
-    pub profiler: Result<Arc<Profiler>, Arc<str>>,
+    /// The CPU profiler, or why there is none; `None` with
+    /// `--web.disable-profiling`, which leaves the profile routes out.
+    pub profiler: Option<Result<Arc<Profiler>, Arc<str>>>,
 }
 
 /// The routes besides the metrics', which `--web.telemetry-path` may not take.
@@ -39,9 +40,12 @@ pub const OTHER_ROUTES: [&str; 5] = [
     "/debug/pprof/profile",
 ];
 
-/// The index page below its first route, the metrics' path.
-const INDEX: &str = "\
-    /healthz                           liveness: 200 while the daemon serves\n\
+/// The index page's line for /healthz.
+const INDEX_HEALTHZ: &str =
+    "/healthz                           liveness: 200 while the daemon serves\n";
+
+/// The index page's lines for the profile routes.
+const INDEX_PROFILES: &str = "\
     /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
     /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n\
@@ -51,9 +55,10 @@ const INDEX: &str = "\
     kind=offcpu: where threads block instead, weighted by time blocked\n\
     (folded and SVG in microseconds), min_block_us=N (default 1000).\n";
 
-/// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), at
-/// most `max_connections` at once, until `shutdown` is cancelled, then
-/// gives in-flight requests a moment to finish.
+/// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), and
+/// the profiles unless `state` has no profiler, at most `max_connections`
+/// at once, until `shutdown` is cancelled, then gives in-flight requests a
+/// moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -61,18 +66,24 @@ pub async fn serve(
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let profiles = match state.profiler {
+        Some(_) => INDEX_PROFILES,
+        None => "",
+    };
     let index = format!(
-        "hostscope\n\n{telemetry_path:<34} Prometheus metrics (text 0.0.4; OpenMetrics, protobuf if asked)\n{INDEX}"
+        "hostscope\n\n{telemetry_path:<34} Prometheus metrics (text 0.0.4; OpenMetrics, protobuf if asked)\n{INDEX_HEALTHZ}{profiles}"
     );
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(move || async move { index }))
         .route(telemetry_path, get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/flamegraph.svg", get(flamegraph))
-        .route("/stacks", get(stacks))
-        .route("/debug/pprof/profile", get(pprof))
-        .with_state(state);
-    server::serve(listener, app, max_connections, shutdown).await
+        .route("/healthz", get(|| async { "ok\n" }));
+    if state.profiler.is_some() {
+        app = app
+            .route("/flamegraph.svg", get(flamegraph))
+            .route("/stacks", get(stacks))
+            .route("/debug/pprof/profile", get(pprof));
+    }
+    server::serve(listener, app.with_state(state), max_connections, shutdown).await
 }
 
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -163,11 +174,13 @@ async fn respond(
     render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError> + Send + 'static,
 ) -> Response {
     let profiler = match &state.profiler {
-        Ok(profiler) => profiler,
-        Err(why) => {
+        Some(Ok(profiler)) => profiler,
+        Some(Err(why)) => {
             let body = format!("CPU profiling is unavailable: {why}\n");
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
+        // No route leads here; as if there were none.
+        None => return StatusCode::NOT_FOUND.into_response(),
     };
     let result = match profiler
         .limits

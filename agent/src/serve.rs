@@ -43,6 +43,7 @@ pub struct BindError {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
+    let web = load_web_config(&args)?;
     raise_fd_limit();
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
@@ -125,7 +126,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .map_or_else(|_| args.listen.to_string(), |addr| addr.to_string());
     let path = &args.web_telemetry_path;
-    tracing::info!(listen = %listen, max_connections, "serving {path}");
+    tracing::info!(
+        listen = %listen,
+        max_connections,
+        tls = web.tls.is_some(),
+        basic_auth_users = web.users.len(),
+        "serving {path}"
+    );
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
@@ -142,7 +149,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     shutdown.cancel();
                 }
             });
-            http::serve(listener, state, path, max_connections, shutdown).await
+            http::serve(listener, state, web, path, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 
@@ -151,6 +158,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
+}
+
+/// Reads `--web.config.file`, if given, and logs what it ignores.
+fn load_web_config(args: &ServeArgs) -> Result<http::WebConfig, http::WebConfigError> {
+    let Some(path) = args
+        .web_config_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    else {
+        return Ok(http::WebConfig::default());
+    };
+    let web = http::WebConfig::load(path)?;
+    for warning in &web.warnings {
+        tracing::warn!("--web.config.file {}: {warning}", path.display());
+    }
+    if !web.users.is_empty() && web.tls.is_none() {
+        tracing::warn!(
+            "--web.config.file {}: basic auth without TLS: passwords cross the network \
+             in the clear",
+            path.display()
+        );
+    }
+    Ok(web)
 }
 
 /// Finds (or mounts) the cgroup2 hierarchy and takes the shared cgroup

@@ -1,21 +1,28 @@
 //! The HTTP surface. The only module that knows HTTP: routes and handlers
-//! here, connections in `server.rs` and `connections.rs`.
+//! here, connections in `server.rs` and `connections.rs`, what
+//! `--web.config.file` asks for in `web_config.rs` (TLS in `server.rs`,
+//! basic auth in `auth.rs`).
 
+mod auth;
 mod connections;
 mod server;
+mod web_config;
 
 use std::{collections::HashMap, io, sync::Arc};
 
 use axum::{
     Router,
-    extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::{Query, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use self::auth::{BasicAuth, Verdict};
+pub use self::web_config::{WebConfig, WebConfigError};
 use crate::{
     metrics::{Format, Metrics},
     profile::{self, Profile, ProfileError, Profiler},
@@ -40,6 +47,10 @@ pub const OTHER_ROUTES: [&str; 5] = [
     "/debug/pprof/profile",
 ];
 
+/// The one route that needs no credentials: liveness checks (a kubelet's,
+/// say) cannot send them.
+const HEALTHZ: &str = "/healthz";
+
 /// The index page's line for /healthz.
 const INDEX_HEALTHZ: &str =
     "/healthz                           liveness: 200 while the daemon serves\n";
@@ -56,12 +67,13 @@ const INDEX_PROFILES: &str = "\
     (folded and SVG in microseconds), min_block_us=N (default 1000).\n";
 
 /// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), and
-/// the profiles unless `state` has no profiler, at most `max_connections`
-/// at once, until `shutdown` is cancelled, then gives in-flight requests a
-/// moment to finish.
+/// the profiles unless `state` has no profiler, as `web` says (TLS, basic
+/// auth, headers), at most `max_connections` at once, until `shutdown` is
+/// cancelled, then gives in-flight requests a moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    web: WebConfig,
     telemetry_path: &str,
     max_connections: usize,
     shutdown: CancellationToken,
@@ -76,14 +88,70 @@ pub async fn serve(
     let mut app = Router::new()
         .route("/", get(move || async move { index }))
         .route(telemetry_path, get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(HEALTHZ, get(|| async { "ok\n" }));
     if state.profiler.is_some() {
         app = app
             .route("/flamegraph.svg", get(flamegraph))
             .route("/stacks", get(stacks))
             .route("/debug/pprof/profile", get(pprof));
     }
-    server::serve(listener, app.with_state(state), max_connections, shutdown).await
+    let app = guard(
+        app.with_state(state),
+        BasicAuth::new(web.users),
+        web.headers,
+    );
+    let tls = web.tls.map(tokio_rustls::TlsAcceptor::from);
+    server::serve(listener, app, tls, max_connections, shutdown).await
+}
+
+/// What every request passes through when `--web.config.file` asks for
+/// basic auth or headers.
+#[derive(Debug)]
+struct Guard {
+    auth: Option<BasicAuth>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `app` with basic auth on every route but [`HEALTHZ`] (unknown paths
+/// too: a client without credentials learns nothing of the routes), and
+/// `headers` on every response.
+fn guard(app: Router, auth: Option<BasicAuth>, headers: Vec<(HeaderName, HeaderValue)>) -> Router {
+    if auth.is_none() && headers.is_empty() {
+        return app;
+    }
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(Guard { auth, headers }),
+        check,
+    ))
+}
+
+async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let verdict = match &guard.auth {
+        Some(auth) if request.uri().path() != HEALTHZ => {
+            auth.check(request.headers().get(header::AUTHORIZATION))
+                .await
+        }
+        _ => Verdict::Allowed,
+    };
+    let mut response = match verdict {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Denied => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+        Verdict::Busy => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "too many password checks at once; try again\n",
+        )
+            .into_response(),
+    };
+    for (name, value) in &guard.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -140,6 +140,24 @@ pub struct ServeArgs {
           value_parser = parse_max_connections)]
     pub web_max_connections: usize,
 
+    /// Web configuration file in exporter-toolkit's format (node_exporter's
+    /// web-config.yml): TLS, client certificates, basic auth, response
+    /// headers. Read at start-up; /healthz needs no credentials.
+    #[arg(
+        long = "web.config.file",
+        env = "HOSTSCOPE_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Serve no CPU profiles: /flamegraph.svg, /stacks and
+    /// /debug/pprof/profile answer 404, and the profiler is never loaded.
+    #[arg(
+        long = "web.disable-profiling",
+        env = "HOSTSCOPE_WEB_DISABLE_PROFILING"
+    )]
+    pub web_disable_profiling: bool,
+
     #[command(flatten)]
     pub maps: MapArgs,
 

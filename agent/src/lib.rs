@@ -75,7 +75,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         err.downcast_ref::<profile::ProfileError>(),
         Some(profile::ProfileError::BadRequest(_))
     );
-    if bad_request || err.downcast_ref::<serve::BindError>().is_some() {
+    if bad_request
+        || err.downcast_ref::<serve::BindError>().is_some()
+        || err.downcast_ref::<http::WebConfigError>().is_some()
+    {
         2
     } else {
         1

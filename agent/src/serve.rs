@@ -43,6 +43,7 @@ pub struct BindError {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
+    let web = load_web_config(&args)?;
     raise_fd_limit();
     // Bind before loading anything: a busy port should fail in milliseconds.
     let listener = bind(args.listen)?;
@@ -64,12 +65,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Loaded now, attached only while a profile is taken; before the BTF is
     // released, which the off-CPU program (a BTF tracepoint) needs to load.
-    let profiler = Profiler::new(probes.clone(), limits)
-        .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
-        .map_err(|err| {
-            tracing::error!("CPU profiling unavailable: {err}");
-            Arc::from(err.to_string())
-        });
+    let profiler = match args.web_disable_profiling {
+        true => {
+            tracing::info!("--web.disable-profiling: no profile endpoints");
+            None
+        }
+        false => Some(
+            Profiler::new(probes.clone(), limits)
+                .map(|p| Arc::new(p.with_max_queue(args.profile_max_queue)))
+                .map_err(|err| {
+                    tracing::error!("CPU profiling unavailable: {err}");
+                    Arc::from(err.to_string())
+                }),
+        ),
+    };
     probes
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -117,7 +126,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .map_or_else(|_| args.listen.to_string(), |addr| addr.to_string());
     let path = &args.web_telemetry_path;
-    tracing::info!(listen = %listen, max_connections, "serving {path}");
+    tracing::info!(
+        listen = %listen,
+        max_connections,
+        tls = web.tls.is_some(),
+        basic_auth_users = web.users.len(),
+        "serving {path}"
+    );
     runtime
         .block_on(async {
             let listener = TcpListener::from_std(listener)?;
@@ -128,13 +143,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     shutdown_signal().await;
                     // Profiles end now (their clients get 503); scrapes in
                     // flight may finish.
-                    if let Ok(profiler) = &profiler {
+                    if let Some(Ok(profiler)) = &profiler {
                         profiler.shut_down();
                     }
                     shutdown.cancel();
                 }
             });
-            http::serve(listener, state, path, max_connections, shutdown).await
+            http::serve(listener, state, web, path, max_connections, shutdown).await
         })
         .context("serving HTTP")?;
 
@@ -143,6 +158,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(probes);
     tracing::info!("probes detached; bye");
     Ok(())
+}
+
+/// Reads `--web.config.file`, if given, and logs what it ignores.
+fn load_web_config(args: &ServeArgs) -> Result<http::WebConfig, http::WebConfigError> {
+    let Some(path) = args
+        .web_config_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    else {
+        return Ok(http::WebConfig::default());
+    };
+    let web = http::WebConfig::load(path)?;
+    for warning in &web.warnings {
+        tracing::warn!("--web.config.file {}: {warning}", path.display());
+    }
+    if !web.users.is_empty() && web.tls.is_none() {
+        tracing::warn!(
+            "--web.config.file {}: basic auth without TLS: passwords cross the network \
+             in the clear",
+            path.display()
+        );
+    }
+    Ok(web)
 }
 
 /// Finds (or mounts) the cgroup2 hierarchy and takes the shared cgroup

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
+
 use crate::{exposition::Exposition, hostscope_bin, require_root};
 
 /// A running `hostscope serve`, stopped with SIGTERM on drop.
@@ -16,6 +18,59 @@ pub struct Daemon {
     /// Where it serves.
     pub addr: SocketAddr,
     log: PathBuf,
+    client: WebClient,
+}
+
+/// How the tests talk to the daemon: plain HTTP by default; HTTPS, a
+/// client certificate and basic auth when its `--web.config.file` asks.
+#[derive(Debug, Clone, Default)]
+pub struct WebClient {
+    /// The CA that signed the daemon's certificate (PEM); `None`: plain HTTP.
+    pub ca: Option<String>,
+    /// A client certificate and its key (PEM).
+    pub cert: Option<(String, String)>,
+    /// A user and password, sent as basic auth.
+    pub basic_auth: Option<(String, String)>,
+}
+
+impl WebClient {
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        match self.ca {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
+    /// A ureq agent that trusts the CA and presents the certificate;
+    /// statuses are returned, not errors.
+    pub fn agent(&self) -> ureq::Agent {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &self.ca {
+            let ca = ureq::tls::Certificate::from_pem(ca.as_bytes()).expect("the CA's PEM");
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]));
+        }
+        if let Some((cert, key)) = &self.cert {
+            let cert = ureq::tls::Certificate::from_pem(cert.as_bytes()).expect("a PEM cert");
+            let key = ureq::tls::PrivateKey::from_pem(key.as_bytes()).expect("a PEM key");
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[cert], key)));
+        }
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .tls_config(tls.build())
+            .build()
+            .into()
+    }
+
+    /// The `Authorization` header's value, if there are credentials.
+    pub fn authorization(&self) -> Option<String> {
+        self.basic_auth.as_ref().map(|(user, password)| {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Basic {encoded}")
+        })
+    }
 }
 
 impl Daemon {
@@ -69,6 +124,42 @@ impl Daemon {
         extra: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Daemon {
+        Self::spawn_as(
+            listen,
+            addr,
+            collectors,
+            extra,
+            configure,
+            WebClient::default(),
+        )
+    }
+
+    /// Like [`Daemon::start_with`], reached through `client` (for a daemon
+    /// whose `extra` arguments include `--web.config.file`).
+    pub fn start_with_client(collectors: &str, extra: &[&str], client: WebClient) -> Daemon {
+        let addr = free_local_addr();
+        let listen = addr.to_string();
+        let daemon = Self::spawn_as(
+            &["--listen", &listen],
+            addr,
+            collectors,
+            extra,
+            |_| {},
+            client,
+        );
+        daemon.scrape();
+        daemon
+    }
+
+    /// Like [`Daemon::spawn_listening`], reached through `client`.
+    pub fn spawn_as(
+        listen: &[&str],
+        addr: SocketAddr,
+        collectors: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+        client: WebClient,
+    ) -> Daemon {
         require_root();
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
         let log_file = File::create(&log).expect("create the daemon's log file");
@@ -87,6 +178,7 @@ impl Daemon {
             child: Some(child),
             addr,
             log,
+            client,
         };
         daemon.wait_healthy();
         daemon
@@ -115,12 +207,15 @@ impl Daemon {
 
     /// GETs `path`, returning the status and body (status 0 if the connection failed).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        match agent.get(format!("http://{}{path}", self.addr)).call() {
+        // A new agent each time: no connection is kept between requests.
+        let mut request =
+            self.client
+                .agent()
+                .get(format!("{}://{}{path}", self.client.scheme(), self.addr));
+        if let Some(authorization) = self.client.authorization() {
+            request = request.header("Authorization", authorization);
+        }
+        match request.call() {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let body = response.body_mut().read_to_string().unwrap_or_default();

@@ -18,6 +18,7 @@ pub mod exposition;
 pub mod folded;
 pub mod netns;
 pub mod programs;
+pub mod prometheus;
 pub mod schedstat;
 pub mod workload;
 

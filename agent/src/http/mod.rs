@@ -1,21 +1,28 @@
 //! The HTTP surface. The only module that knows HTTP: routes and handlers
-//! here, connections in `server.rs` and `connections.rs`.
+//! here, connections in `server.rs` and `connections.rs`, what
+//! `--web.config.file` asks for in `web_config.rs` (TLS in `server.rs`,
+//! basic auth in `auth.rs`).
 
+mod auth;
 mod connections;
 mod server;
+mod web_config;
 
 use std::{collections::HashMap, io, sync::Arc};
 
 use axum::{
     Router,
-    extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::{Query, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use self::auth::{BasicAuth, Verdict};
+pub use self::web_config::{WebConfig, WebConfigError};
 use crate::{
     metrics::{Format, Metrics},
     profile::{self, Profile, ProfileError, Profiler},
@@ -26,8 +33,9 @@ use crate::{
 pub struct AppState {
     /// The registry served at /metrics.
     pub metrics: Arc<Metrics>,
-    /// The CPU profiler, or why there is none.
-    pub profiler: Result<Arc<Profiler>, Arc<str>>,
+    /// The CPU profiler, or why there is none; `None` with
+    /// `--web.disable-profiling`, which leaves the profile routes out.
+    pub profiler: Option<Result<Arc<Profiler>, Arc<str>>>,
 }
 
 /// The routes besides the metrics', which `--web.telemetry-path` may not take.
@@ -39,9 +47,16 @@ pub const OTHER_ROUTES: [&str; 5] = [
     "/debug/pprof/profile",
 ];
 
-/// The index page below its first route, the metrics' path.
-const INDEX: &str = "\
-    /healthz                           liveness: 200 while the daemon serves\n\
+/// The one route that needs no credentials: liveness checks (a kubelet's,
+/// say) cannot send them.
+const HEALTHZ: &str = "/healthz";
+
+/// The index page's line for /healthz.
+const INDEX_HEALTHZ: &str =
+    "/healthz                           liveness: 200 while the daemon serves\n";
+
+/// The index page's lines for the profile routes.
+const INDEX_PROFILES: &str = "\
     /flamegraph.svg?seconds=N[&pid=P]  CPU flame graph (SVG)\n\
     /stacks?seconds=N[&pid=P]          CPU profile as folded stacks\n\
     /debug/pprof/profile?seconds=N[&pid=P]  CPU profile as gzipped pprof\n\
@@ -51,28 +66,92 @@ const INDEX: &str = "\
     kind=offcpu: where threads block instead, weighted by time blocked\n\
     (folded and SVG in microseconds), min_block_us=N (default 1000).\n";
 
-/// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), at
-/// most `max_connections` at once, until `shutdown` is cancelled, then
-/// gives in-flight requests a moment to finish.
+/// Serves the metrics at `telemetry_path` (none of [`OTHER_ROUTES`]), and
+/// the profiles unless `state` has no profiler, as `web` says (TLS, basic
+/// auth, headers), at most `max_connections` at once, until `shutdown` is
+/// cancelled, then gives in-flight requests a moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    web: WebConfig,
     telemetry_path: &str,
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let profiles = match state.profiler {
+        Some(_) => INDEX_PROFILES,
+        None => "",
+    };
     let index = format!(
-        "hostscope\n\n{telemetry_path:<34} Prometheus metrics (text 0.0.4; OpenMetrics, protobuf if asked)\n{INDEX}"
+        "hostscope\n\n{telemetry_path:<34} Prometheus metrics (text 0.0.4; OpenMetrics, protobuf if asked)\n{INDEX_HEALTHZ}{profiles}"
     );
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(move || async move { index }))
         .route(telemetry_path, get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/flamegraph.svg", get(flamegraph))
-        .route("/stacks", get(stacks))
-        .route("/debug/pprof/profile", get(pprof))
-        .with_state(state);
-    server::serve(listener, app, max_connections, shutdown).await
+        .route(HEALTHZ, get(|| async { "ok\n" }));
+    if state.profiler.is_some() {
+        app = app
+            .route("/flamegraph.svg", get(flamegraph))
+            .route("/stacks", get(stacks))
+            .route("/debug/pprof/profile", get(pprof));
+    }
+    let app = guard(
+        app.with_state(state),
+        BasicAuth::new(web.users),
+        web.headers,
+    );
+    let tls = web.tls.map(tokio_rustls::TlsAcceptor::from);
+    server::serve(listener, app, tls, max_connections, shutdown).await
+}
+
+/// What every request passes through when `--web.config.file` asks for
+/// basic auth or headers.
+#[derive(Debug)]
+struct Guard {
+    auth: Option<BasicAuth>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `app` with basic auth on every route but [`HEALTHZ`] (unknown paths
+/// too: a client without credentials learns nothing of the routes), and
+/// `headers` on every response.
+fn guard(app: Router, auth: Option<BasicAuth>, headers: Vec<(HeaderName, HeaderValue)>) -> Router {
+    if auth.is_none() && headers.is_empty() {
+        return app;
+    }
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(Guard { auth, headers }),
+        check,
+    ))
+}
+
+async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let verdict = match &guard.auth {
+        Some(auth) if request.uri().path() != HEALTHZ => {
+            auth.check(request.headers().get(header::AUTHORIZATION))
+                .await
+        }
+        _ => Verdict::Allowed,
+    };
+    let mut response = match verdict {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Denied => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+        Verdict::Busy => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "too many password checks at once; try again\n",
+        )
+            .into_response(),
+    };
+    for (name, value) in &guard.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -163,11 +242,13 @@ async fn respond(
     render: impl FnOnce(&Profile) -> Result<Vec<u8>, ProfileError> + Send + 'static,
 ) -> Response {
     let profiler = match &state.profiler {
-        Ok(profiler) => profiler,
-        Err(why) => {
+        Some(Ok(profiler)) => profiler,
+        Some(Err(why)) => {
             let body = format!("CPU profiling is unavailable: {why}\n");
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
+        // No route leads here; as if there were none.
+        None => return StatusCode::NOT_FOUND.into_response(),
     };
     let result = match profiler
         .limits

@@ -1,6 +1,7 @@
 //! Accepting and serving connections with bounded resources: a connection
-//! limit (see `connections.rs`), a deadline for request headers, and a
-//! shutdown that waits for in-flight requests only briefly.
+//! limit (see `connections.rs`), deadlines for the TLS handshake and for
+//! request headers, and a shutdown that waits for in-flight requests only
+//! briefly.
 //!
 //! axum::serve has no header timeout and no connection limit, so this
 //! drives hyper's HTTP/1 connections itself, as axum::serve does inside.
@@ -8,7 +9,8 @@
 use std::{
     convert::Infallible,
     io,
-    sync::Arc,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -16,9 +18,11 @@ use axum::{Router, extract::Request};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
@@ -31,6 +35,12 @@ use super::connections::{Connections, Handle};
 /// its next scrape finds the connection closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client has to finish the TLS handshake, counted from the
+/// connection's start: the same 10 s, so that a client that connects and
+/// says nothing is closed as soon over TLS as without it. (The header
+/// timeout starts after the handshake.)
+pub const HANDSHAKE_TIMEOUT: Duration = HEADER_TIMEOUT;
+
 /// How long a connection told to make room may take to finish a response
 /// it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -42,15 +52,18 @@ const DRAIN: Duration = Duration::from_millis(1500);
 /// How often, at most, failing accepts are logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Serves `app` on `listener`, at most `max_connections` at once, until
-/// `shutdown` is cancelled; then closes idle connections, lets in-flight
-/// requests finish for up to [`DRAIN`], and returns.
+/// Serves `app` on `listener` (over TLS if `tls` is given), at most
+/// `max_connections` at once, until `shutdown` is cancelled; then closes
+/// idle connections, lets in-flight requests finish for up to [`DRAIN`],
+/// and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let handshake_failures = Arc::new(HandshakeFailures::default());
     let connections = Connections::new(max_connections);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -58,11 +71,11 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     let mut accept_failures = AcceptFailures::default();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_failures.wait(err).await;
                     continue;
@@ -75,7 +88,19 @@ pub async fn serve(
             () = connections.make_room() => {}
         }
         let handle = Arc::new(connections.open(shutdown.child_token()));
-        tasks.spawn(connection(stream, handle, app.clone(), http.clone()));
+        let (app, http) = (app.clone(), http.clone());
+        match &tls {
+            None => tasks.spawn(connection(stream, handle, app, http)),
+            Some(tls) => tasks.spawn(tls_connection(
+                stream,
+                peer,
+                tls.clone(),
+                handle,
+                app,
+                http,
+                handshake_failures.clone(),
+            )),
+        };
         // Reap finished tasks so the set stays as small as the table.
         while tasks.try_join_next().is_some() {}
     }
@@ -93,11 +118,38 @@ pub async fn serve(
     Ok(())
 }
 
+/// Completes the TLS handshake within [`HANDSHAKE_TIMEOUT`] (or until the
+/// handle's token says close: the connection has not been served), then
+/// serves the connection as [`connection`] does.
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    handle: Arc<Handle>,
+    app: Router,
+    http: http1::Builder,
+    failures: Arc<HandshakeFailures>,
+) {
+    let close = handle.close_token();
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)) => handshake,
+        () = close.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => connection(stream, handle, app, http).await,
+        Ok(Err(err)) => failures.log(peer, &err.to_string()),
+        Err(_) => failures.log(peer, &format!("not finished within {HANDSHAKE_TIMEOUT:?}")),
+    }
+}
+
 /// Serves one connection until the client closes it, the header timeout
 /// fires, or its handle's token says close: then a connection that never
 /// received a request is dropped at once, and any other finishes the
 /// response it is writing (for up to [`CLOSE_GRACE`]) and closes.
-async fn connection(stream: TcpStream, handle: Arc<Handle>, app: Router, http: http1::Builder) {
+async fn connection<S>(stream: S, handle: Arc<Handle>, app: Router, http: http1::Builder)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let close = handle.close_token();
     let service = {
         let handle = handle.clone();
@@ -128,6 +180,34 @@ async fn connection(stream: TcpStream, handle: Arc<Handle>, app: Router, http: h
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+}
+
+/// Failed TLS handshakes: a scraper with the wrong CA or no client
+/// certificate, or a port scanner. One is logged at info a minute, so that
+/// a misconfigured scraper shows in the default log without letting
+/// clients flood it; the rest at debug.
+#[derive(Default)]
+struct HandshakeFailures {
+    last_logged: Mutex<Option<Instant>>,
+}
+
+impl HandshakeFailures {
+    fn log(&self, peer: SocketAddr, why: &str) {
+        let now = Instant::now();
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+            *last = Some(now);
+            tracing::info!(
+                %peer,
+                "TLS handshake failed: {why} (more failures within a minute are logged at debug)"
+            );
+        } else {
+            tracing::debug!(%peer, "TLS handshake failed: {why}");
+        }
+    }
 }
 
 /// Failed accepts: out of file descriptors, most likely. Logged once a

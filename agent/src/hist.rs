@@ -23,6 +23,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     privileges::check()?;
     args.system.warn_unused();
     let mut probes = Probes::load(&args.system.kernel_btf, args.maps, &args.cgroups)?;
+    let kernel_log = probes.take_kernel_log();
     let attribution = match args.cgroups.by_cgroup {
         true => {
             let root = cgroup::mount::find_or_mount()?;
@@ -50,6 +51,10 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Runs whenever the loop below waits on the runtime.
+    if let Some(kernel_log) = kernel_log {
+        runtime.spawn(kernel_log.forward());
+    }
     let interval = Duration::from_secs_f64(args.interval);
     if args.format == HistFormat::Text {
         eprintln!("Tracing {}... Hit Ctrl-C to end.", args.collector.title());

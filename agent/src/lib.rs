@@ -16,6 +16,7 @@ mod generate;
 mod hist;
 mod http;
 mod kernel_layout;
+mod kernel_log;
 mod logging;
 mod metrics;
 mod privileges;

@@ -166,7 +166,7 @@ fn write_value(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         io,
         sync::{Arc, Mutex},
@@ -174,8 +174,9 @@ mod tests {
 
     use super::*;
 
+    /// A writer whose bytes the test reads back: where a test's log goes.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Shared(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl io::Write for Shared {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

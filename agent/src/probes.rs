@@ -6,6 +6,7 @@
 use crate::{
     cli::{CgroupArgs, MapArgs},
     kernel_layout,
+    kernel_log::{self, KernelLog},
 };
 use hostscope_common::{
     block::{BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP, BlockStart},
@@ -13,6 +14,7 @@ use hostscope_common::{
         self, BLOCK_SERIES_PER_CGROUP, CGROUP_ADMITTED_MAP, CGROUP_EXCLUDED_ENTRIES,
         CGROUP_EXCLUDED_MAP, TCP_COUNTERS_PER_CGROUP, TCP_HISTOGRAMS_PER_CGROUP,
     },
+    diag,
     sched::RUNQ_LATENCY_BY_CGROUP_MAP,
     tcp::{TCP_CONNECT_START_MAP, TCP_COUNTERS_BY_CGROUP_MAP, TCP_LATENCY_BY_CGROUP_MAP},
 };
@@ -122,6 +124,9 @@ pub struct Probes {
     /// The kernel's type information, needed to load BTF tracepoints; parsed
     /// it takes several MiB, so it is dropped once every collector is up.
     btf: Option<Btf>,
+    /// The reader of the programs' diagnostics, when the log wants them,
+    /// until the command that runs takes it ([`Probes::take_kernel_log`]).
+    kernel_log: Option<KernelLog>,
 }
 
 impl Probes {
@@ -185,15 +190,37 @@ impl Probes {
                 );
             globals.push((cgroup::globals::ENABLED, 1));
         }
+        // Kernel diagnostics: decided now, for the verifier to drop their
+        // code when they are off. Off, aya-log's ring (128 KiB) is cut to
+        // the one page a ring buffer needs: nothing writes to it.
+        let diagnostics = kernel_log::wanted();
+        if diagnostics {
+            globals.push((diag::ENABLED_GLOBAL, 1));
+        } else {
+            let page = u32::try_from(rustix::param::page_size()).unwrap_or(4096);
+            loader.map_max_entries(diag::AYA_LOGS_MAP, page);
+        }
         for (name, offset) in &globals {
             loader.override_global(name, offset, true);
         }
-        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+        let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+        let kernel_log = match diagnostics {
+            true => KernelLog::take(&mut ebpf),
+            false => None,
+        };
         Ok(Self {
             ebpf,
             layout_errors,
             btf: Some(btf),
+            kernel_log,
         })
+    }
+
+    /// The reader of the kernel programs' diagnostics, if they are on; the
+    /// caller runs [`KernelLog::forward`] on its runtime, which must start
+    /// after capabilities are dropped (reading the ring needs none).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     /// Whether `collector`'s programs know this kernel's struct layout.
@@ -490,7 +517,7 @@ fn first_line(err: &ProgramError) -> String {
 mod tests {
     use std::collections::HashSet;
 
-    use hostscope_common::{block, cgroup, profile, sched, tcp};
+    use hostscope_common::{block, cgroup, diag, profile, sched, tcp};
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
     use super::OBJECT;
@@ -526,6 +553,8 @@ mod tests {
             block::BLOCK_LATENCY_BY_CGROUP_MAP,
             tcp::TCP_LATENCY_BY_CGROUP_MAP,
             tcp::TCP_COUNTERS_BY_CGROUP_MAP,
+            diag::DIAG_LAST_MAP,
+            diag::AYA_LOGS_MAP,
         ];
         let mut programs = vec![profile::PROFILE_PROGRAM, profile::OFFCPU_PROGRAM];
         for list in [
@@ -549,6 +578,7 @@ mod tests {
             cgroup::globals::CGROUP_KN,
             cgroup::globals::KERNFS_NODE_ID,
             cgroup::globals::SOCK_CGROUP,
+            diag::ENABLED_GLOBAL,
         ];
         // Maps defined through BTF (task storage), in the `.maps` section.
         let btf_maps = [profile::OFFCPU_START_MAP];

@@ -40,11 +40,13 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let request = LIMITS.request(&params(&args))?;
     privileges::check()?;
     args.system.warn_unused();
-    let probes = Arc::new(Mutex::new(Probes::load(
+    let mut probes = Probes::load(
         &args.system.kernel_btf,
         MapArgs::default(),
         &CgroupArgs::default(),
-    )?));
+    )?;
+    let kernel_log = probes.take_kernel_log();
+    let probes = Arc::new(Mutex::new(probes));
     let profiler = Profiler::new(probes, LIMITS)?;
     // As the daemon does: nothing that reads other processes' files runs
     // with more than it needs.
@@ -53,6 +55,10 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Runs while the capture is awaited below.
+    if let Some(kernel_log) = kernel_log {
+        runtime.spawn(kernel_log.forward());
+    }
     let what = match (request.pid, &request.cgroup) {
         (None, None) => "every process".to_owned(),
         (Some(pid), None) => format!("pid {pid}"),

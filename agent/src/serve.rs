@@ -49,6 +49,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen)?;
 
     let mut probes = Probes::load(&args.system.kernel_btf, args.maps, &args.cgroups)?;
+    let kernel_log = probes.take_kernel_log();
     let attribution = match args.cgroups.by_cgroup {
         true => Some(start_attribution(&mut probes, &args)?),
         false => None,
@@ -108,6 +109,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     if collectors.attribution.is_some() {
         runtime.spawn(maintain_periodically(collectors.clone()));
+    }
+    if let Some(kernel_log) = kernel_log {
+        runtime.spawn(kernel_log.forward());
     }
     let state = http::AppState {
         metrics: Arc::new(Metrics::new(

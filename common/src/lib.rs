@@ -9,6 +9,7 @@ extern crate std;
 
 pub mod block;
 pub mod cgroup;
+pub mod diag;
 pub mod histogram;
 pub mod profile;
 pub mod sched;

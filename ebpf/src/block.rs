@@ -26,7 +26,7 @@
 //! in the start entry, and the latency goes to that cgroup's histogram.
 
 use crate::{
-    cgroup,
+    cgroup, diag,
     maps::{count, read_at},
 };
 use aya_ebpf::{
@@ -118,7 +118,10 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
                 let _ = BLOCK_START.insert(rq, start, u64::from(BPF_EXIST));
             }
         }
-        Err(_) => count_dropped_at_issue(rq),
+        Err(err) => {
+            diag::block_start_full(err);
+            count_dropped_at_issue(rq);
+        }
     }
     0
 }
@@ -159,9 +162,11 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the helper has no preconditions.
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.issued_ns);
     let Some(key) = request_key(rq) else {
+        diag::block_dropped_unkeyed();
         count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
         return 0;
     };
+    diag::block_unexpected_op(key.dev, key.op);
     if cgroup::enabled() {
         let key = CgroupKey {
             cgroup: cgroup::series_of(start.cgroup, overflow_slot::BLOCK),
@@ -185,6 +190,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
             match BLOCK_LATENCY.get_ptr_mut(key) {
                 Some(histogram) => histogram,
                 None => {
+                    diag::block_latency_lost(key.dev, key.op);
                     count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_COMPLETION);
                     return 0;
                 }
@@ -201,6 +207,7 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn count_dropped_at_issue(rq: u64) {
     let Some(key) = request_key(rq) else {
+        diag::block_dropped_unkeyed();
         count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_ISSUE);
         return;
     };
@@ -213,7 +220,10 @@ fn count_dropped_at_issue(rq: u64) {
         // SAFETY: this CPU's copy, written only by this program, which the
         // kernel never runs nested on one CPU.
         Some(dropped) => unsafe { *dropped += 1 },
-        None => count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_ISSUE),
+        None => {
+            diag::block_dropped_unkeyed();
+            count(&BLOCK_DROPPED_UNKEYED, UNKEYED_AT_ISSUE);
+        }
     }
 }
 

@@ -19,7 +19,10 @@ use hostscope_common::{
     histogram::{BUCKETS, Histogram},
 };
 
-use crate::maps::{add, count, read_at};
+use crate::{
+    diag,
+    maps::{add, count, read_at},
+};
 
 #[unsafe(no_mangle)]
 static CGROUP_ENABLED: Global<u32> = Global::new(0);
@@ -115,6 +118,7 @@ pub fn series_of(cgroup: u64, slot: u32) -> u64 {
         // Another CPU admitted it first.
         Err(err) if err == -EEXIST => cgroup,
         Err(_) => {
+            diag::cgroup_admitted_full(slot);
             count(&CGROUP_OVERFLOW, slot);
             OTHER_CGROUP
         }
@@ -135,6 +139,7 @@ pub fn record(map: &HashMap<CgroupKey, Histogram>, key: CgroupKey, value_ns: u64
             },
         )
     }) else {
+        diag::cgroup_series_full();
         return false;
     };
     let index = crate::histogram::bucket(value_ns);
@@ -168,9 +173,10 @@ pub fn count_in(map: &HashMap<CgroupKey, u64>, key: CgroupKey) {
         let _ = map.insert(&other, &0, u64::from(BPF_NOEXIST));
         counter = map.get_ptr_mut(&other);
     }
-    if let Some(counter) = counter {
+    match counter {
         // SAFETY: as in `record`.
-        unsafe { add(counter, 1) };
+        Some(counter) => unsafe { add(counter, 1) },
+        None => diag::cgroup_series_full(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod block;
 mod cgroup;
+mod diag;
 mod floor;
 mod histogram;
 mod maps;

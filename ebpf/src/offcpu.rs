@@ -30,6 +30,7 @@ use aya_ebpf::{
 use hostscope_common::profile::{OffCpuConfig, SampleKey};
 
 use crate::{
+    diag,
     maps::{add, count},
     profile::{PROFILE_COMMS, PROFILE_COUNTS, PROFILE_DROPPED, stack_id, wanted},
     task_storage::TaskStorage,
@@ -95,6 +96,7 @@ fn blocks(ctx: &BtfTracePointContext, prev: *mut c_void, now: u64) {
     }
     // SAFETY: `prev` is a task_struct pointer from a BTF tracepoint.
     let Some(slot) = (unsafe { OFFCPU_START.get_or_create(prev) }) else {
+        diag::offcpu_storage();
         count(&PROFILE_DROPPED, 0);
         return;
     };
@@ -147,7 +149,10 @@ fn resumes(next: *mut c_void, now: u64, config: &OffCpuConfig) {
         // SAFETY: a u64 in a map value, which stays allocated while the
         // program runs. Atomic: tasks of one stack resume on several CPUs.
         Some(total) => unsafe { add(total, blocked) },
-        None => count(&PROFILE_DROPPED, 0),
+        None => {
+            diag::profile_counts_full();
+            count(&PROFILE_DROPPED, 0);
+        }
     }
     // SAFETY: the value is only compared with None.
     if unsafe { PROFILE_COMMS.get(key.tgid) }.is_none() {

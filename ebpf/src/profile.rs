@@ -12,7 +12,7 @@
 
 use core::{ffi::c_void, ptr};
 
-use crate::maps::count;
+use crate::{diag, maps::count};
 use aya_ebpf::{
     bindings::{
         BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
@@ -105,6 +105,7 @@ fn passes(filter: &ProfileFilter, tgid: u32, cgroup: u64) -> bool {
 #[inline(always)]
 fn copy_user_stack(cgroup: u64, tgid: u32, kernel_stack: i32) -> bool {
     let Some(mut entry) = PROFILE_USER_STACKS.reserve::<UserStackSample>(0) else {
+        diag::profile_ring_full();
         count(&PROFILE_COPY_MISSED, 0);
         return false;
     };
@@ -174,6 +175,7 @@ pub(crate) fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
         Ok(id) => id as i32,
         Err(err) => {
             if err != EFAULT {
+                diag::profile_stack(err);
                 count(&PROFILE_DROPPED, 0);
             }
             -1
@@ -214,6 +216,7 @@ pub fn profile_sample(ctx: PerfEventContext) -> u32 {
             Some(count) => unsafe { *count += 1 },
             None => {
                 if PROFILE_COUNTS.insert(key, 1, 0).is_err() {
+                    diag::profile_counts_full();
                     count(&PROFILE_DROPPED, 0);
                 }
             }

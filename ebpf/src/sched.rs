@@ -30,7 +30,7 @@ use hostscope_common::{
     histogram::Histogram,
 };
 
-use crate::{cgroup, maps::record, task_storage::TaskStorage};
+use crate::{cgroup, diag, maps::record, task_storage::TaskStorage};
 
 /// The histogram: one slot, one copy per CPU, so updates need no atomics.
 #[map(name = "RUNQ_LATENCY")]
@@ -66,13 +66,15 @@ fn now() -> u64 {
 #[inline(always)]
 fn mark_enqueued(task: *mut c_void, now: u64, cgroup: impl FnOnce() -> u64) {
     // SAFETY: `task` is a task_struct pointer from a BTF tracepoint.
-    if let Some(slot) = unsafe { RUNQ_ENQUEUED.get_or_create(task) } {
-        // SAFETY: the slot is this task's; a task is woken on one CPU at a time.
-        unsafe {
-            (*slot).at = now;
-            if cgroup::enabled() {
-                (*slot).cgroup = cgroup();
-            }
+    let Some(slot) = (unsafe { RUNQ_ENQUEUED.get_or_create(task) }) else {
+        diag::runq_storage();
+        return;
+    };
+    // SAFETY: the slot is this task's; a task is woken on one CPU at a time.
+    unsafe {
+        (*slot).at = now;
+        if cgroup::enabled() {
+            (*slot).cgroup = cgroup();
         }
     }
 }

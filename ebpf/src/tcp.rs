@@ -7,7 +7,7 @@
 //! event runs in.
 
 use crate::{
-    cgroup,
+    cgroup, diag,
     maps::{count, read_at, record},
 };
 use aya_ebpf::{
@@ -123,7 +123,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if new == TCP_SYN_SENT {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        if TCP_CONNECT_START.insert(sk, now, 0).is_err() {
+        if let Err(err) = TCP_CONNECT_START.insert(sk, now, 0) {
+            diag::tcp_connect_start_full(err);
             count(&TCP_COUNTERS_MAP, CONNECT_DROPPED_COUNTER);
         }
         return 0;

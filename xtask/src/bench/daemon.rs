@@ -41,7 +41,12 @@ pub fn start_with(extra: &[&str]) -> anyhow::Result<Daemon> {
                 .map(|(name, _)| name)
                 .join(","),
         )
-        .args(["--log-level", "warn"])
+        // Quiet unless `extra` asks for a level (clap takes a flag once).
+        .args(if extra.contains(&"--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "warn"][..]
+        })
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -202,6 +202,12 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let by_cgroup = Attached::start("hostscope --by-cgroup", 0, || {
         Ok(daemon::start_with(&["--by-cgroup"])?.holder)
     })?;
+    // Kernel diagnostics on. None fires on these workloads (no map fills),
+    // so this is the cost of carrying them; `hostscope` above has them
+    // compiled in and off, which should cost what it did without them.
+    let diagnostics = Attached::start("hostscope --log-level debug", 0, || {
+        Ok(daemon::start_with(&["--log-level", "debug"])?.holder)
+    })?;
     let runqlat = Attached::start("libbpf-tools runqlat", 3, || spawn("runqlat", &["3600"]))?;
     let runqlat_bt = Attached::start("bpftrace runqlat", 0, || {
         spawn("bpftrace", &["-e", RUNQLAT_BPFTRACE])
@@ -248,6 +254,15 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         "<= 0.6x",
         0.6,
     ));
+    report.push(Row::ratio(
+        section,
+        "scheduler probes with kernel diagnostics on, ns/event",
+        cost(&diagnostics, &sched),
+        DIAGNOSTICS_OFF,
+        ours,
+        "",
+        f64::NAN,
+    ));
     for peer in [&runqlat_bt, &floor] {
         let peer_cost = cost(peer, &|_| true);
         report.push(Row::ratio(
@@ -293,6 +308,15 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         peer,
         "<= 0.7x",
         0.7,
+    ));
+    report.push(Row::ratio(
+        section,
+        "block probes with kernel diagnostics on, ns/event",
+        cost(&diagnostics, &block),
+        DIAGNOSTICS_OFF,
+        ours,
+        "",
+        f64::NAN,
     ));
     let floor_cost = cost(&floor, &|n| n.starts_with("floor_block"));
     report.push(Row::ratio(
@@ -342,6 +366,10 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+/// The peer of the kernel-diagnostics rows: the default daemon, whose
+/// programs carry the diagnostics turned off at load.
+const DIAGNOSTICS_OFF: &str = "hostscope, diagnostics off (default)";
 
 /// runqlat.bt's logic. Debian's /usr/sbin/runqlat.bt itself includes
 /// <linux/sched.h> for TASK_RUNNING, which fails without kernel headers.

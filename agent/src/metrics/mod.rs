@@ -645,4 +645,68 @@ mod tests {
         assert_eq!(encoded(Layout::Fine, Layout::Coarse).len(), COARSE_BUCKETS);
         assert_eq!(encoded(Layout::Fine, Layout::Fine).len(), BUCKETS);
     }
+
+    /// A collector whose maps can't be read: every read fails.
+    struct Unreadable;
+
+    impl crate::collector::Collector for Unreadable {
+        fn read(&self) -> Result<Vec<Family>, aya::maps::MapError> {
+            Err(aya::maps::MapError::KeyNotFound)
+        }
+    }
+
+    /// A collector that always reads one counter.
+    struct Readable;
+
+    impl crate::collector::Collector for Readable {
+        fn read(&self) -> Result<Vec<Family>, aya::maps::MapError> {
+            Ok(vec![Family::counter(
+                "test_readable",
+                "readable",
+                "Readable.",
+                5,
+            )])
+        }
+    }
+
+    /// A map read that fails at scrape time leaves that collector's
+    /// families out, counts the failure under its name, and leaves the
+    /// other collectors' families and the scrape itself whole.
+    #[test]
+    fn a_failed_map_read_is_counted_and_spares_the_others() {
+        use crate::collector::{CollectorKind, Collectors, Status};
+        let collectors = Collectors {
+            running: vec![
+                (CollectorKind::Sched, Box::new(Unreadable)),
+                (CollectorKind::Block, Box::new(Readable)),
+            ],
+            statuses: [CollectorKind::Sched, CollectorKind::Block]
+                .into_iter()
+                .map(|kind| Status {
+                    kind,
+                    down_reason: None,
+                })
+                .collect(),
+            attribution: None,
+        };
+        let metrics = Metrics::new(Arc::new(collectors), None, Layout::Coarse);
+        for scrape in 1..=2 {
+            let text = String::from_utf8(metrics.encode(Format::Text).unwrap()).unwrap();
+            assert!(
+                text.contains(&format!(
+                    "hostscope_scrape_errors_total{{collector=\"sched\"}} {scrape}\n"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains("hostscope_scrape_errors_total{collector=\"block\"} 0\n"),
+                "{text}"
+            );
+            assert!(text.contains("test_readable_total 5\n"), "{text}");
+            assert!(
+                text.contains("hostscope_collector_up{collector=\"sched\"} 1\n"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -282,9 +282,6 @@ impl ScrapeTime {
         let Some((probes, held)) = &self.programs else {
             return Vec::new();
         };
-        if !probes::stats_enabled(*held) {
-            return Vec::new();
-        }
         let stats = probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -293,7 +290,20 @@ impl ScrapeTime {
             return Vec::new();
         }
         let label = |program: &probes::ProgramStats| vec![("program", program.name.clone())];
+        let misses = Metric {
+            name: "hostscope_bpf_program_recursion_misses",
+            help: "Events each of hostscope's eBPF programs missed because it was already running on that CPU (an event in an interrupt nested in one in a task).",
+            kind: Kind::Counter,
+            series: stats
+                .iter()
+                .map(|p| (label(p), Sample::Integer(p.recursion_misses)))
+                .collect(),
+        };
+        if !probes::stats_enabled(*held) {
+            return vec![misses];
+        }
         vec![
+            misses,
             Metric {
                 name: "hostscope_bpf_program_run_seconds",
                 help: "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",

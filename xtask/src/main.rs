@@ -8,6 +8,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Build, run, test and benchmark hostscope"
+    about = "Build, run, test, benchmark and soak hostscope"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +48,10 @@ enum Task {
     },
     /// Measure hostscope against libbpf-tools and bpftrace; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Run the daemon for a while under load, scraped every second and
+    /// profiled every minute; fail if its memory, open files, threads or
+    /// CPU use grow without bound. Prints a Markdown table.
+    Soak(soak::SoakArgs),
     /// Fuzz the parsers of untrusted input with cargo-fuzz (installed if
     /// missing); `test` replays the committed corpus.
     Fuzz(fuzz::FuzzArgs),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
+        Task::Soak(args) => soak::run(args),
         Task::Fuzz(args) => fuzz::run(args),
     };
     match result {

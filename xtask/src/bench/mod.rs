@@ -2,14 +2,14 @@
 //! (libbpf-tools, bpftrace) in one run, reported as ratios in BENCHMARKS.md.
 //! Targets are goals, not assertions: a missed one is marked in the table.
 
-mod daemon;
+pub(crate) mod daemon;
 mod diagnostics;
 mod exposition;
 mod per_cgroup;
 mod programs;
 mod report;
 mod sampler;
-mod workloads;
+pub(crate) mod workloads;
 
 use std::{process::Command, time::Duration};
 

@@ -13,6 +13,7 @@ mod fd_limit;
 #[doc(hidden)]
 pub mod fuzzing;
 mod generate;
+mod heap;
 mod hist;
 mod http;
 mod kernel_layout;

@@ -265,6 +265,9 @@ async fn respond(
             .unwrap_or_else(|err| Err(ProfileError::Failed(format!("rendering failed: {err}")))),
         Err(err) => Err(err),
     };
+    // The capture's memory is free now; give it back (after the answer is
+    // ready, so that the client does not wait for it).
+    drop(tokio::task::spawn_blocking(crate::heap::release_free));
     match rendered {
         Ok((body, dropped)) => (
             [

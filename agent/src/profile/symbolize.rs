@@ -103,6 +103,9 @@ impl Worker {
                     max_open_files(),
                 );
                 run(&queue, &sandbox, &readers, filter.as_ref(), unwinding);
+                drop(readers);
+                // Everything the capture learned is freed by now.
+                crate::heap::release_free();
             })
             .map_or_else(
                 |err| tracing::error!("cannot start the symbolization thread: {err}"),

@@ -8,6 +8,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod static_build;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,7 +33,12 @@ enum Task {
     /// Install or check every prerequisite, then stop.
     Setup,
     /// Build the release binary at target/release/hostscope.
-    Build,
+    Build {
+        /// A static binary linked against musl instead, at
+        /// target/x86_64-unknown-linux-musl/release/hostscope.
+        #[arg(long = "static")]
+        static_: bool,
+    },
     /// Build, then run the daemon (arguments after `--` go to hostscope; default `serve`).
     Run {
         /// Arguments for hostscope.
@@ -56,7 +62,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::toolchain().and_then(|()| setup::kernel()),
-        Task::Build => build(),
+        Task::Build { static_: false } => build(),
+        Task::Build { static_: true } => static_build::build().map(|binary| {
+            // The path on stdout, for scripts; the rest of xtask talks on stderr.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", binary.display());
+            }
+        }),
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
@@ -78,9 +91,19 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || workspace_root().join("target"),
+            |d| workspace_root().join(d),
+        )
+}
+
 /// The release binary `build` leaves behind.
 pub fn release_binary() -> PathBuf {
-    workspace_root().join("target/release/hostscope")
+    target_dir().join("release/hostscope")
 }
 
 /// `cargo` with the environment the eBPF build needs.

@@ -7,6 +7,8 @@
 
 mod bench;
 mod fuzz;
+mod initramfs;
+mod kernels;
 mod setup;
 mod static_build;
 
@@ -45,14 +47,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run formatting and lint checks, unit tests and the integration tests
-    /// against the real kernel (needs root).
+    /// Run formatting and lint checks, unit tests, the integration tests
+    /// against the real kernel (needs root) and, unless filtered, the kernel
+    /// matrix.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
     /// Measure hostscope against libbpf-tools and bpftrace; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Boot Debian's kernels under QEMU with the static binary inside and
+    /// check every collector there (the last step of `test`).
+    Kernels(kernels::KernelsArgs),
     /// Fuzz the parsers of untrusted input with cargo-fuzz (installed if
     /// missing); `test` replays the committed corpus.
     Fuzz(fuzz::FuzzArgs),
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
+        Task::Kernels(args) => kernels::run(&args),
         Task::Fuzz(args) => fuzz::run(args),
     };
     match result {
@@ -174,8 +181,14 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         // Integration tests compare system-wide kernel accounting with the
         // probes' totals: they must not run alongside each other.
         .args(["--", "--test-threads=1"]);
+    let filtered = filter.is_some();
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
-    run_checked(&mut cmd)
+    run_checked(&mut cmd)?;
+    if filtered {
+        return Ok(());
+    }
+    // Last, the smoke test on Debian's kernels, with the static binary.
+    kernels::run(&kernels::KernelsArgs::default())
 }

@@ -86,13 +86,16 @@ pub fn check() -> Result<(), PrivilegeError> {
 /// Drops every capability outside [`RUNTIME_SET`] from the bounding,
 /// inheritable, ambient, permitted and effective sets of the calling thread
 /// (the only thread, when called as documented). Capabilities of the set
-/// that the process never had stay absent. Returns the set kept.
-pub fn drop_to_runtime_set() -> Result<HashSet<Capability>, PrivilegeError> {
+/// that the process never had stay absent. Every capability of that set is
+/// for profiles: without `profiling` (`--web.disable-profiling`), none is
+/// kept, as reading the collectors' maps through descriptors already open
+/// needs none. Returns the set kept.
+pub fn drop_to_runtime_set(profiling: bool) -> Result<HashSet<Capability>, PrivilegeError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let keep: HashSet<Capability> = RUNTIME_SET
         .iter()
         .map(|(cap, _)| *cap)
-        .filter(|cap| permitted.contains(cap))
+        .filter(|cap| profiling && permitted.contains(cap))
         .collect();
     // The bounding set first: dropping from it needs CAP_SETPCAP, which the
     // effective set loses below. Capabilities this kernel does not know are

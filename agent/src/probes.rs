@@ -399,6 +399,11 @@ impl Probes {
                     name: name.to_owned(),
                     run_time: info.run_time(),
                     runs: info.run_count(),
+                    recursion_misses: program
+                        .fd()
+                        .ok()
+                        .and_then(|fd| recursion_misses(std::os::fd::AsFd::as_fd(fd)))
+                        .unwrap_or(0),
                 })
             })
             .collect();
@@ -477,6 +482,23 @@ pub struct ProgramStats {
     pub run_time: std::time::Duration,
     /// Times it ran.
     pub runs: u64,
+    /// Times it did not run because it was already running on that CPU
+    /// (an interrupt's event nested in a task's): events it missed. The
+    /// kernel counts these whether or not statistics are on.
+    pub recursion_misses: u64,
+}
+
+/// The kernel's count of runs a program missed by recursion, from its
+/// descriptor's fdinfo (which `bpf_prog_info` also has, but aya's
+/// `ProgramInfo` does not show).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Turns the kernel's BPF run-time statistics on for as long as the

@@ -50,7 +50,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let profiler = Profiler::new(probes, LIMITS)?;
     // As the daemon does: nothing that reads other processes' files runs
     // with more than it needs.
-    privileges::drop_to_runtime_set()?;
+    privileges::drop_to_runtime_set(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -99,7 +99,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let kept = privileges::drop_to_runtime_set()?;
+    let kept = privileges::drop_to_runtime_set(matches!(profiler, Some(Ok(_))))?;
     tracing::info!("capabilities dropped; kept {}", privileges::describe(&kept));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

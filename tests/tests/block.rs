@@ -83,8 +83,30 @@ fn loop_device_io_matches_diskstats() {
         kernel.writes, 200,
         "the workload's writes did not all reach {name}"
     );
-    assert_eq!(reads, kernel.reads as f64, "reads counted");
-    assert_eq!(writes, kernel.writes as f64, "writes counted");
+    // The one way an event is lost: a completion in an interrupt, nested
+    // in the program's run for another disk's completion in a task on that
+    // CPU, is not run (the kernel counts it as a recursion miss). Rare,
+    // but a busy host disk makes it possible; every other request must
+    // be counted exactly.
+    let missed = |e: &Exposition| {
+        e.value(
+            "hostscope_bpf_program_recursion_misses_total",
+            &[("program", "block_rq_complete")],
+        )
+        .expect("the recursion misses of block_rq_complete are exported")
+    };
+    let misses = missed(&after) - missed(&before);
+    for (what, ours, theirs) in [
+        ("reads", reads, kernel.reads),
+        ("writes", writes, kernel.writes),
+    ] {
+        let theirs = theirs as f64;
+        assert!(
+            ours <= theirs && ours + misses >= theirs,
+            "{what} counted: {ours} against the kernel's {theirs}, with {misses} completions \
+             missed by recursion"
+        );
+    }
     for (what, ours, theirs) in [
         ("read", read_ms, kernel.read_ms),
         ("write", write_ms, kernel.write_ms),

@@ -424,6 +424,17 @@ fn disabled_profiling_answers_404() {
         "{}",
         daemon.log()
     );
+    // Every capability the daemon keeps is for profiles: without them, it
+    // keeps none, in any set.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{set}:")))
+            .unwrap_or_else(|| panic!("no {set} in:\n{status}"));
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    assert!(daemon.log().contains("kept none"), "{}", daemon.log());
 }
 
 /// A bad file stops the daemon at start-up: one line naming the file and

@@ -10,6 +10,7 @@ mod fuzz;
 mod initramfs;
 mod kernels;
 mod setup;
+mod soak;
 mod static_build;
 
 use std::{
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Build, run, test and benchmark hostscope"
+    about = "Build, run, test, benchmark and soak hostscope"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,6 +60,10 @@ enum Task {
     /// Boot Debian's kernels under QEMU with the static binary inside and
     /// check every collector there (the last step of `test`).
     Kernels(kernels::KernelsArgs),
+    /// Run the daemon for a while under load, scraped every second and
+    /// profiled every minute; fail if its memory, open files, threads or
+    /// CPU use grow without bound. Prints a Markdown table.
+    Soak(soak::SoakArgs),
     /// Fuzz the parsers of untrusted input with cargo-fuzz (installed if
     /// missing); `test` replays the committed corpus.
     Fuzz(fuzz::FuzzArgs),
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
         Task::Kernels(args) => kernels::run(&args),
+        Task::Soak(args) => soak::run(args),
         Task::Fuzz(args) => fuzz::run(args),
     };
     match result {

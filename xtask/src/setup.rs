@@ -107,8 +107,9 @@ pub fn kernel() -> anyhow::Result<()> {
 /// Tools the integration tests call: bpftool (which programs are loaded),
 /// setpriv (running hostscope without privileges), losetup (loop devices),
 /// fio (deep block queues), ip (network namespaces), cc (test programs),
-/// go (`go tool pprof`), promtool (linting the exposition and the rule files)
-/// and prometheus (evaluating the dashboard's and the rules' queries).
+/// go (`go tool pprof`), promtool (linting the exposition and the rule files),
+/// prometheus (evaluating the dashboard's and the rules' queries) and
+/// systemd-analyze (verifying the systemd unit).
 pub fn test_tools() -> anyhow::Result<()> {
     apt_install_missing(&[
         ("bpftool", "bpftool"),
@@ -120,6 +121,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("go", "golang-go"),
         ("promtool", "prometheus"),
         ("prometheus", "prometheus"),
+        ("systemd-analyze", "systemd"),
     ])
 }
 

@@ -282,9 +282,6 @@ impl ScrapeTime {
         let Some((probes, held)) = &self.programs else {
             return Vec::new();
         };
-        if !probes::stats_enabled(*held) {
-            return Vec::new();
-        }
         let stats = probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -293,7 +290,20 @@ impl ScrapeTime {
             return Vec::new();
         }
         let label = |program: &probes::ProgramStats| vec![("program", program.name.clone())];
+        let misses = Metric {
+            name: "hostscope_bpf_program_recursion_misses",
+            help: "Events each of hostscope's eBPF programs missed because it was already running on that CPU (an event in an interrupt nested in one in a task).",
+            kind: Kind::Counter,
+            series: stats
+                .iter()
+                .map(|p| (label(p), Sample::Integer(p.recursion_misses)))
+                .collect(),
+        };
+        if !probes::stats_enabled(*held) {
+            return vec![misses];
+        }
         vec![
+            misses,
             Metric {
                 name: "hostscope_bpf_program_run_seconds",
                 help: "Time the kernel spent running each of hostscope's eBPF programs (while BPF statistics are on).",
@@ -644,5 +654,69 @@ mod tests {
         assert_eq!(encoded(Layout::Coarse, Layout::Fine).len(), COARSE_BUCKETS);
         assert_eq!(encoded(Layout::Fine, Layout::Coarse).len(), COARSE_BUCKETS);
         assert_eq!(encoded(Layout::Fine, Layout::Fine).len(), BUCKETS);
+    }
+
+    /// A collector whose maps can't be read: every read fails.
+    struct Unreadable;
+
+    impl crate::collector::Collector for Unreadable {
+        fn read(&self) -> Result<Vec<Family>, aya::maps::MapError> {
+            Err(aya::maps::MapError::KeyNotFound)
+        }
+    }
+
+    /// A collector that always reads one counter.
+    struct Readable;
+
+    impl crate::collector::Collector for Readable {
+        fn read(&self) -> Result<Vec<Family>, aya::maps::MapError> {
+            Ok(vec![Family::counter(
+                "test_readable",
+                "readable",
+                "Readable.",
+                5,
+            )])
+        }
+    }
+
+    /// A map read that fails at scrape time leaves that collector's
+    /// families out, counts the failure under its name, and leaves the
+    /// other collectors' families and the scrape itself whole.
+    #[test]
+    fn a_failed_map_read_is_counted_and_spares_the_others() {
+        use crate::collector::{CollectorKind, Collectors, Status};
+        let collectors = Collectors {
+            running: vec![
+                (CollectorKind::Sched, Box::new(Unreadable)),
+                (CollectorKind::Block, Box::new(Readable)),
+            ],
+            statuses: [CollectorKind::Sched, CollectorKind::Block]
+                .into_iter()
+                .map(|kind| Status {
+                    kind,
+                    down_reason: None,
+                })
+                .collect(),
+            attribution: None,
+        };
+        let metrics = Metrics::new(Arc::new(collectors), None, Layout::Coarse);
+        for scrape in 1..=2 {
+            let text = String::from_utf8(metrics.encode(Format::Text).unwrap()).unwrap();
+            assert!(
+                text.contains(&format!(
+                    "hostscope_scrape_errors_total{{collector=\"sched\"}} {scrape}\n"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains("hostscope_scrape_errors_total{collector=\"block\"} 0\n"),
+                "{text}"
+            );
+            assert!(text.contains("test_readable_total 5\n"), "{text}");
+            assert!(
+                text.contains("hostscope_collector_up{collector=\"sched\"} 1\n"),
+                "{text}"
+            );
+        }
     }
 }

@@ -2,13 +2,14 @@
 //! (libbpf-tools, bpftrace) in one run, reported as ratios in BENCHMARKS.md.
 //! Targets are goals, not assertions: a missed one is marked in the table.
 
-mod daemon;
+pub(crate) mod daemon;
+mod diagnostics;
 mod exposition;
 mod per_cgroup;
 mod programs;
 mod report;
 mod sampler;
-mod workloads;
+pub(crate) mod workloads;
 
 use std::{process::Command, time::Duration};
 
@@ -104,6 +105,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     section(&mut report, only, "per-event cost", |r| {
         let _stats = BpfStats::enable()?;
         per_event_cost(r, &plan)
+    });
+    section(&mut report, only, "kernel diagnostics", |r| {
+        let _stats = BpfStats::enable()?;
+        diagnostics::costs(r, &plan)
     });
     section(&mut report, only, "workload slowdown", |r| {
         slowdown(r, &plan)
@@ -202,12 +207,6 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let by_cgroup = Attached::start("hostscope --by-cgroup", 0, || {
         Ok(daemon::start_with(&["--by-cgroup"])?.holder)
     })?;
-    // Kernel diagnostics on. None fires on these workloads (no map fills),
-    // so this is the cost of carrying them; `hostscope` above has them
-    // compiled in and off, which should cost what it did without them.
-    let diagnostics = Attached::start("hostscope --log-level debug", 0, || {
-        Ok(daemon::start_with(&["--log-level", "debug"])?.holder)
-    })?;
     let runqlat = Attached::start("libbpf-tools runqlat", 3, || spawn("runqlat", &["3600"]))?;
     let runqlat_bt = Attached::start("bpftrace runqlat", 0, || {
         spawn("bpftrace", &["-e", RUNQLAT_BPFTRACE])
@@ -254,15 +253,6 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         "<= 0.6x",
         0.6,
     ));
-    report.push(Row::ratio(
-        section,
-        "scheduler probes with kernel diagnostics on, ns/event",
-        cost(&diagnostics, &sched),
-        DIAGNOSTICS_OFF,
-        ours,
-        "",
-        f64::NAN,
-    ));
     for peer in [&runqlat_bt, &floor] {
         let peer_cost = cost(peer, &|_| true);
         report.push(Row::ratio(
@@ -308,15 +298,6 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         peer,
         "<= 0.7x",
         0.7,
-    ));
-    report.push(Row::ratio(
-        section,
-        "block probes with kernel diagnostics on, ns/event",
-        cost(&diagnostics, &block),
-        DIAGNOSTICS_OFF,
-        ours,
-        "",
-        f64::NAN,
     ));
     let floor_cost = cost(&floor, &|n| n.starts_with("floor_block"));
     report.push(Row::ratio(
@@ -366,10 +347,6 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     ));
     Ok(())
 }
-
-/// The peer of the kernel-diagnostics rows: the default daemon, whose
-/// programs carry the diagnostics turned off at load.
-const DIAGNOSTICS_OFF: &str = "hostscope, diagnostics off (default)";
 
 /// runqlat.bt's logic. Debian's /usr/sbin/runqlat.bt itself includes
 /// <linux/sched.h> for TASK_RUNNING, which fails without kernel headers.

@@ -162,7 +162,7 @@ impl Report {
             );
         }
         out.push_str(
-            "\nReproduce: `cargo xtask bench` (about 5 minutes; `--quick` for a smoke run).\n",
+            "\nReproduce: `cargo xtask bench` (about 12 minutes; `--quick` for a smoke run).\n",
         );
         out
     }

@@ -7,8 +7,11 @@
 
 mod bench;
 mod fuzz;
+mod initramfs;
+mod kernels;
 mod setup;
 mod soak;
+mod static_build;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,21 +36,30 @@ enum Task {
     /// Install or check every prerequisite, then stop.
     Setup,
     /// Build the release binary at target/release/hostscope.
-    Build,
+    Build {
+        /// A static binary linked against musl instead, at
+        /// target/x86_64-unknown-linux-musl/release/hostscope.
+        #[arg(long = "static")]
+        static_: bool,
+    },
     /// Build, then run the daemon (arguments after `--` go to hostscope; default `serve`).
     Run {
         /// Arguments for hostscope.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run formatting and lint checks, unit tests and the integration tests
-    /// against the real kernel (needs root).
+    /// Run formatting and lint checks, unit tests, the integration tests
+    /// against the real kernel (needs root) and, unless filtered, the kernel
+    /// matrix.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
     /// Measure hostscope against libbpf-tools and bpftrace; writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Boot Debian's kernels under QEMU with the static binary inside and
+    /// check every collector there (the last step of `test`).
+    Kernels(kernels::KernelsArgs),
     /// Run the daemon for a while under load, scraped every second and
     /// profiled every minute; fail if its memory, open files, threads or
     /// CPU use grow without bound. Prints a Markdown table.
@@ -61,10 +73,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::toolchain().and_then(|()| setup::kernel()),
-        Task::Build => build(),
+        Task::Build { static_: false } => build(),
+        Task::Build { static_: true } => static_build::build().map(|binary| {
+            // The path on stdout, for scripts; the rest of xtask talks on stderr.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", binary.display());
+            }
+        }),
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
         Task::Bench(args) => bench::run(args),
+        Task::Kernels(args) => kernels::run(&args),
         Task::Soak(args) => soak::run(args),
         Task::Fuzz(args) => fuzz::run(args),
     };
@@ -84,9 +104,19 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || workspace_root().join("target"),
+            |d| workspace_root().join(d),
+        )
+}
+
 /// The release binary `build` leaves behind.
 pub fn release_binary() -> PathBuf {
-    workspace_root().join("target/release/hostscope")
+    target_dir().join("release/hostscope")
 }
 
 /// `cargo` with the environment the eBPF build needs.
@@ -157,8 +187,14 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
         // Integration tests compare system-wide kernel accounting with the
         // probes' totals: they must not run alongside each other.
         .args(["--", "--test-threads=1"]);
+    let filtered = filter.is_some();
     if let Some(filter) = filter {
         cmd.arg(filter);
     }
-    run_checked(&mut cmd)
+    run_checked(&mut cmd)?;
+    if filtered {
+        return Ok(());
+    }
+    // Last, the smoke test on Debian's kernels, with the static binary.
+    kernels::run(&kernels::KernelsArgs::default())
 }

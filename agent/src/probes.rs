@@ -364,13 +364,7 @@ impl Probes {
     /// daemon's resident memory is otherwise that parse.
     pub fn release_btf(&mut self) {
         self.btf = None;
-        // glibc keeps freed memory in its heaps until asked; musl's
-        // allocator (the static binary) returns it by itself.
-        // SAFETY: malloc_trim only releases free memory at the top of heaps.
-        #[cfg(target_env = "gnu")]
-        unsafe {
-            libc::malloc_trim(0)
-        };
+        crate::heap::release_free();
     }
 
     fn unload(&mut self, program: &str) {

@@ -543,7 +543,7 @@ struct CgroupChurn {
 
 impl CgroupChurn {
     fn new() -> anyhow::Result<Option<CgroupChurn>> {
-        let Some(root) = cgroup2_root() else {
+        let Ok(root) = crate::bench::cgroup2_root() else {
             return Ok(None);
         };
         let parent = root.join(format!("hostscope-soak-{}", std::process::id()));
@@ -565,21 +565,6 @@ impl CgroupChurn {
         std::thread::sleep(Duration::from_millis(500));
         result.and(removed)
     }
-}
-
-/// Where the cgroup2 hierarchy's root is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host), from /proc/self/mountinfo.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        if after.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        let mut fields = before.split(' ').skip(3);
-        let (root, mount_point) = (fields.next()?, fields.next()?);
-        (root == "/").then(|| PathBuf::from(mount_point))
-    })
 }
 
 /// Runs a short process that does some I/O and switches in cgroup `dir`.

@@ -11,6 +11,8 @@ mod report;
 mod sampler;
 pub(crate) mod workloads;
 
+pub(crate) use per_cgroup::cgroup2_root;
+
 use std::{process::Command, time::Duration};
 
 use std::os::unix::process::CommandExt as _;

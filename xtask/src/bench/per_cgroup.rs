@@ -110,17 +110,23 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
     Ok(())
 }
 
-/// The cgroup2 mount point, from /proc/self/mountinfo.
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
+/// Where the cgroup2 hierarchy's root is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host), from /proc/self/mountinfo:
+/// the mount that shows the hierarchy's root, not a subtree of it.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     mountinfo
         .lines()
         .find_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            (after.split(' ').next()? == "cgroup2").then(|| before.split(' ').nth(4))?
+            if after.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = before.split(' ').skip(3);
+            let (root, mount_point) = (fields.next()?, fields.next()?);
+            (root == "/").then(|| PathBuf::from(mount_point))
         })
-        .map(PathBuf::from)
-        .context("no cgroup2 hierarchy is mounted")
+        .context("the root of the cgroup2 hierarchy is mounted nowhere")
 }
 
 /// The benchmark's cgroups and their processes, removed on drop.

@@ -400,6 +400,22 @@ mod tests {
         );
     }
 
+    /// A frame narrower than one of the SVG's 1200 pixels is left out of
+    /// it, and of the folded stacks nothing is.
+    #[test]
+    fn svg_leaves_out_sub_pixel_frames_and_folded_keeps_them() {
+        let mut profile = profile_without_addresses(GroupBy::Process);
+        // 1 sample in 1,201 is under a pixel; 2 are over.
+        profile.stacks[0].count = 1_198;
+        profile.stacks[1].count = 2;
+        profile.stacks[2].frames = vec!["rare_leaf".to_owned()];
+        profile.stacks[2].count = 1;
+        let svg = String::from_utf8(svg(&profile).unwrap()).unwrap();
+        assert!(!svg.contains("rare_leaf"), "{svg}");
+        assert!(svg.contains("spin") && svg.contains("serve"), "{svg}");
+        assert!(folded(&profile).contains("kthreadd;rare_leaf 1\n"));
+    }
+
     #[test]
     fn svg_by_cgroup_renders() {
         let svg = String::from_utf8(svg(&profile(GroupBy::Cgroup)).unwrap()).unwrap();

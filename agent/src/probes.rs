@@ -237,15 +237,61 @@ impl Probes {
         &mut self,
         programs: &[(&'static str, &'static str)],
     ) -> Result<(), AttachError> {
-        for (done, &(program, tracepoint)) in programs.iter().enumerate() {
-            if let Err(err) = self.attach_btf_tracepoint(program, tracepoint) {
-                for &(attached, _) in &programs[..done] {
-                    self.unload(attached);
+        self.attach_btf_tracepoints_or(programs, &[])
+    }
+
+    /// Like [`Probes::attach_btf_tracepoints`], loading a program's
+    /// replacement from `fallbacks` (program, (replacement, tracepoint))
+    /// when the kernel refuses the program itself: a tracepoint whose
+    /// arguments differ between kernel versions. If both are refused, the
+    /// error is the first program's.
+    pub fn attach_btf_tracepoints_or(
+        &mut self,
+        programs: &[(&'static str, &'static str)],
+        fallbacks: &[(&'static str, (&'static str, &'static str))],
+    ) -> Result<(), AttachError> {
+        let mut attached = Vec::with_capacity(programs.len());
+        for &(program, tracepoint) in programs {
+            match self.attach_btf_tracepoint_or(program, tracepoint, fallbacks) {
+                Ok(loaded) => attached.push(loaded),
+                Err(err) => {
+                    for loaded in attached {
+                        self.unload(loaded);
+                    }
+                    return Err(err);
                 }
-                return Err(err);
             }
         }
         Ok(())
+    }
+
+    /// Attaches `program`, or its replacement in `fallbacks` if the kernel
+    /// refuses to load it; returns the one attached.
+    fn attach_btf_tracepoint_or(
+        &mut self,
+        program: &'static str,
+        tracepoint: &'static str,
+        fallbacks: &[(&'static str, (&'static str, &'static str))],
+    ) -> Result<&'static str, AttachError> {
+        let refused = match self.attach_btf_tracepoint(program, tracepoint) {
+            Ok(()) => return Ok(program),
+            Err(err @ AttachError::Load { .. }) => err,
+            Err(err) => return Err(err),
+        };
+        let Some(&(_, (replacement, tracepoint))) =
+            fallbacks.iter().find(|(name, _)| *name == program)
+        else {
+            return Err(refused);
+        };
+        if self.attach_btf_tracepoint(replacement, tracepoint).is_err() {
+            return Err(refused);
+        }
+        tracing::info!(
+            program,
+            replacement,
+            "this kernel's {tracepoint} tracepoint takes other arguments; loaded the replacement"
+        );
+        Ok(replacement)
     }
 
     fn attach_btf_tracepoint(
@@ -585,6 +631,7 @@ mod tests {
         ] {
             programs.extend(list.iter().map(|(program, _)| *program));
         }
+        programs.extend(tcp::TCP_FALLBACKS.iter().map(|(_, (program, _))| *program));
         let globals = [
             block::offsets::REQUEST_Q,
             block::offsets::REQUEST_CMD_FLAGS,

@@ -32,6 +32,15 @@ pub const TCP_PROGRAMS: [(&str, &str); 3] = [
     ("tcp_retransmit_skb", "tcp_retransmit_skb"),
 ];
 
+/// Programs to load in place of one of [`TCP_PROGRAMS`] when the kernel
+/// refuses it: (refused program, (replacement, tracepoint)). Before the
+/// tracepoint had an `err` argument (up to 6.12 at least), it fired only
+/// for retransmissions that were sent, and the replacement counts each hit.
+pub const TCP_FALLBACKS: [(&str, (&str, &str)); 1] = [(
+    "tcp_retransmit_skb",
+    ("tcp_retransmit_skb_sent", "tcp_retransmit_skb"),
+)];
+
 /// Names of the load-time constants: byte offsets of kernel fields.
 pub mod offsets {
     /// `struct tcp_sock.srtt_us`

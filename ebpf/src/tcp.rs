@@ -1,6 +1,7 @@
 //! TCP latency: smoothed RTT on every received segment (`tcp_probe`),
 //! active connect latency and failures (`inet_sock_set_state`), and
-//! retransmitted segments (`tcp_retransmit_skb`). IPv4 and IPv6 alike; no
+//! retransmitted segments (`tcp_retransmit_skb`, in two variants for the
+//! tracepoint's two signatures). IPv4 and IPv6 alike; no
 //! per-address or per-port state is exported, so cardinality stays fixed.
 //! With `--by-cgroup`, every number goes to the socket's cgroup (the cgroup
 //! of the task that created the socket), whichever task or softirq the
@@ -155,5 +156,17 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     if err == 0 {
         count_event(sk, RETRANSMITS_COUNTER, overflow_slot::TCP_RETRANSMIT);
     }
+    0
+}
+
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb)`,
+/// on kernels before the `err` argument (Debian 12's 6.1 and 6.12): there
+/// the tracepoint fires only for retransmissions that were sent, so every
+/// hit counts. The verifier refuses [`tcp_retransmit_skb`] on those kernels
+/// (it reads a third argument), and the daemon loads this one instead.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_sent(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    count_event(sk, RETRANSMITS_COUNTER, overflow_slot::TCP_RETRANSMIT);
     0
 }

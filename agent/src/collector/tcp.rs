@@ -8,8 +8,8 @@ use hostscope_common::{
     histogram::Histogram,
     tcp::{
         CONNECT_DROPPED_COUNTER, CONNECT_FAILURES_COUNTER, CONNECT_SLOT, RETRANSMITS_COUNTER,
-        RTT_SLOT, TCP_COUNTERS_BY_CGROUP_MAP, TCP_COUNTERS_MAP, TCP_LATENCY_BY_CGROUP_MAP,
-        TCP_LATENCY_MAP, TCP_PROGRAMS,
+        RTT_SLOT, TCP_COUNTERS_BY_CGROUP_MAP, TCP_COUNTERS_MAP, TCP_FALLBACKS,
+        TCP_LATENCY_BY_CGROUP_MAP, TCP_LATENCY_MAP, TCP_PROGRAMS,
     },
 };
 
@@ -89,7 +89,7 @@ impl TcpCollector {
             }),
             None => None,
         };
-        probes.attach_btf_tracepoints(&TCP_PROGRAMS)?;
+        probes.attach_btf_tracepoints_or(&TCP_PROGRAMS, &TCP_FALLBACKS)?;
         Ok(Self {
             latency,
             counters,

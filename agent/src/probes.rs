@@ -80,6 +80,15 @@ pub enum AttachError {
     /// [`Probes::release_btf`] was called before this attach: a bug.
     #[error("the kernel BTF was already released; BTF tracepoints must attach at start-up")]
     BtfReleased,
+    /// The CPU sampler's perf event could not be opened on a CPU.
+    #[error("the sampler could not be attached on CPU {cpu}: {reason}")]
+    PerfEvent {
+        /// The CPU.
+        cpu: u32,
+        /// The first line of the kernel's or aya's reason, with what to do
+        /// where that is known.
+        reason: String,
+    },
     /// The program loaded but could not be attached.
     #[error("tracepoint {tracepoint} could not be attached: {reason}")]
     Attach {
@@ -382,9 +391,17 @@ impl Probes {
             SamplePolicy::Frequency(frequency),
             false,
         )
-        .map_err(|err| AttachError::Attach {
-            tracepoint: program,
-            reason: first_line(&err),
+        .map_err(|err| AttachError::PerfEvent {
+            cpu,
+            reason: match perf_event_denied_by_paranoid(&err) {
+                Some(level) => format!(
+                    "{}: kernel.perf_event_paranoid is {level}, which this kernel lets only \
+                     CAP_SYS_ADMIN past (hostscope keeps CAP_PERFMON); \
+                     run `sysctl kernel.perf_event_paranoid=2`",
+                    first_line(&err)
+                ),
+                None => first_line(&err),
+            },
         })
     }
 
@@ -526,6 +543,30 @@ pub struct ProgramStats {
     /// (an interrupt's event nested in a task's): events it missed. The
     /// kernel counts these whether or not statistics are on.
     pub recursion_misses: u64,
+}
+
+/// The `kernel.perf_event_paranoid` level, if `err` is `perf_event_open`
+/// refused for lack of privilege and the level is above 2. Upstream treats
+/// 3 like 2, but Debian's and Android's kernels carry a patch that lets
+/// only CAP_SYS_ADMIN open CPU-wide events at 3, CAP_PERFMON or not.
+fn perf_event_denied_by_paranoid(err: &aya::programs::ProgramError) -> Option<i32> {
+    let aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { call, io_error }) = err
+    else {
+        return None;
+    };
+    let denied = matches!(
+        io_error.raw_os_error(),
+        Some(libc::EACCES) | Some(libc::EPERM)
+    );
+    if *call != "perf_event_open" || !denied {
+        return None;
+    }
+    let level: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (level > 2).then_some(level)
 }
 
 /// The kernel's count of runs a program missed by recursion, from its

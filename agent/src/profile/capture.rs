@@ -512,7 +512,7 @@ impl<'p> Sampling<'p> {
                     for link in links {
                         p.detach_perf_event(PROFILE_PROGRAM, link);
                     }
-                    return Err(failed("attaching the sampler")(&err));
+                    return Err(ProfileError::Failed(err.to_string()));
                 }
             }
         }

@@ -45,6 +45,7 @@ pub fn run() -> ExitCode {
     {
         return sandbox::worker::run();
     }
+    heap::limit_arenas();
     // clap itself exits with code 2 and a usage line on a bad flag.
     let cli = Cli::parse();
     if let Err(err) = logging::init(&cli.log_level, cli.log_format) {

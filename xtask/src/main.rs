@@ -6,6 +6,7 @@
 //! one line what to do about what it can't.
 
 mod bench;
+mod benchmarks_md;
 mod fuzz;
 mod initramfs;
 mod kernels;

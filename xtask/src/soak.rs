@@ -33,9 +33,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::bench::{
-    daemon::{self, Daemon},
-    workloads,
+use crate::{
+    bench::{
+        daemon::{self, Daemon},
+        workloads,
+    },
+    benchmarks_md,
 };
 
 /// Resident memory may end this much above its first-half peak...
@@ -82,6 +85,10 @@ pub struct SoakArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Also write the table into BENCHMARKS.md, as its "Soak" section
+    /// (which `cargo xtask bench` keeps).
+    #[arg(long)]
+    record: bool,
 }
 
 /// One row: the daemon's resources at one moment.
@@ -148,6 +155,9 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
+    if args.record {
+        record(&report)?;
+    }
     if let Some(error) = errors.first() {
         bail!(
             "{} requests or workloads failed during the soak; the first: {error}",
@@ -155,6 +165,21 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         );
     }
     verdict.map_err(|reason| anyhow::anyhow!("soak: {reason}"))
+}
+
+/// Puts `report` into BENCHMARKS.md's soak section.
+fn record(report: &str) -> anyhow::Result<()> {
+    let path = crate::workspace_root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let body = format!(
+        "{}\n\n{}\n\nReproduce: `cargo xtask soak --minutes N --record`.\n",
+        benchmarks_md::SOAK_HEADING,
+        report.trim_end()
+    );
+    let text = benchmarks_md::with_section(&text, benchmarks_md::SOAK_HEADING, &body);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: soak: wrote the table into {}", path.display());
+    Ok(())
 }
 
 #[allow(

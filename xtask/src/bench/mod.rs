@@ -20,6 +20,8 @@ use std::os::unix::process::CommandExt as _;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::benchmarks_md;
+
 use self::{
     programs::{Attached, Holder},
     report::{Report, Row},
@@ -126,9 +128,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         offcpu_cost(r, &plan)
     });
 
-    let markdown = report.markdown();
+    let mut markdown = report.markdown();
     println_table(&markdown);
     let path = crate::workspace_root().join(&args.output);
+    // The soak's section is written by `cargo xtask soak --record`; keep it.
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(soak) = benchmarks_md::section(&previous, benchmarks_md::SOAK_HEADING) {
+        markdown = benchmarks_md::with_section(&markdown, benchmarks_md::SOAK_HEADING, soak);
+    }
     std::fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())

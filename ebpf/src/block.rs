@@ -27,7 +27,7 @@
 
 use crate::{
     cgroup, diag,
-    maps::{count, read_at},
+    maps::{count, load_at},
 };
 use aya_ebpf::{
     Global,
@@ -131,9 +131,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
 pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // A request bounced before it was started was never issued: nothing to do.
-    let Some(state) = read_at::<u32>(rq, BLOCK_OFF_REQUEST_STATE.load()) else {
-        return 0;
-    };
+    let state: u32 = load_at(rq, BLOCK_OFF_REQUEST_STATE.load());
     // SAFETY: only tested for presence.
     if state != 0 && unsafe { BLOCK_START.get(rq) }.is_none() {
         // Issued untimed: already counted as dropped. If there is no room
@@ -227,16 +225,25 @@ fn count_dropped_at_issue(rq: u64) {
     }
 }
 
-/// The disk (as `(major << 20) | first_minor`) and operation of a request.
+/// The disk (as `(major << 20) | first_minor`) and operation of a request:
+/// `rq->cmd_flags`, `rq->q->disk->major` and `first_minor`, read with
+/// plain loads (BTF-checked by the verifier) rather than
+/// `bpf_probe_read_kernel`, which costs a helper call each.
 #[inline(always)]
 fn request_key(rq: u64) -> Option<BlockKey> {
-    let cmd_flags: u32 = read_at(rq, BLOCK_OFF_REQUEST_CMD_FLAGS.load())?;
-    let queue: u64 = read_at(rq, BLOCK_OFF_REQUEST_Q.load())?;
-    let disk: u64 = read_at(queue, BLOCK_OFF_QUEUE_DISK.load())?;
-    // `major` and `first_minor` are adjacent ints: one read (checked by the daemon).
-    let major_minor: [u32; 2] = read_at(disk, BLOCK_OFF_DISK_MAJOR.load())?;
+    let cmd_flags: u32 = load_at(rq, BLOCK_OFF_REQUEST_CMD_FLAGS.load());
+    let queue: u64 = load_at(rq, BLOCK_OFF_REQUEST_Q.load());
+    let disk: u64 = load_at(queue, BLOCK_OFF_QUEUE_DISK.load());
+    // A faulting load reads zero: no disk.
+    if disk == 0 {
+        return None;
+    }
+    // `first_minor` follows `major` (checked by the daemon).
+    let major_offset = BLOCK_OFF_DISK_MAJOR.load();
+    let major: u32 = load_at(disk, major_offset);
+    let first_minor: u32 = load_at(disk, major_offset + 4);
     Some(BlockKey {
-        dev: (major_minor[0] << MINOR_BITS) | major_minor[1],
+        dev: (major << MINOR_BITS) | first_minor,
         op: cmd_flags & REQ_OP_MASK,
     })
 }

@@ -21,7 +21,7 @@ use hostscope_common::{
 
 use crate::{
     diag,
-    maps::{add, count, read_at},
+    maps::{add, count, load_at},
 };
 
 #[unsafe(no_mangle)]
@@ -73,28 +73,41 @@ pub fn of_current() -> u64 {
     unsafe { bpf_get_current_cgroup_id() }
 }
 
-/// The cgroup v2 id of `task` (a `struct task_struct *`):
-/// `task->cgroups->dfl_cgrp->kn->id`, or [`OTHER_CGROUP`] if unreadable.
+/// The cgroup v2 id of `task` (a `struct task_struct *` the verifier knows
+/// as such): `task->cgroups->dfl_cgrp->kn->id`, or [`OTHER_CGROUP`] if a
+/// pointer on the way is null. Plain loads the verifier checks against the
+/// kernel's BTF (see [`load_at`]), not a helper call per field.
 #[inline(always)]
 pub fn of_task(task: u64) -> u64 {
-    read_at::<u64>(task, CGROUP_OFF_TASK_CGROUPS.load())
-        .and_then(|css_set| read_at::<u64>(css_set, CGROUP_OFF_CSS_SET_DFL_CGRP.load()))
-        .map_or(OTHER_CGROUP, id_of)
+    let css_set: u64 = load_at(task, CGROUP_OFF_TASK_CGROUPS.load());
+    if css_set == 0 {
+        return OTHER_CGROUP;
+    }
+    id_of(load_at(css_set, CGROUP_OFF_CSS_SET_DFL_CGRP.load()))
 }
 
-/// The cgroup v2 id of socket `sk`: the cgroup of the task that created it
-/// (`sk->sk_cgrp_data.cgroup->kn->id`), or [`OTHER_CGROUP`] if unreadable.
+/// The cgroup v2 id of socket `sk` (a `struct sock *` the verifier knows as
+/// such): the cgroup of the task that created it
+/// (`sk->sk_cgrp_data.cgroup->kn->id`), or [`OTHER_CGROUP`].
 #[inline(always)]
 pub fn of_sock(sk: u64) -> u64 {
-    read_at::<u64>(sk, CGROUP_OFF_SOCK_CGROUP.load()).map_or(OTHER_CGROUP, id_of)
+    id_of(load_at(sk, CGROUP_OFF_SOCK_CGROUP.load()))
 }
 
 /// The id of `struct cgroup *cgroup`.
 #[inline(always)]
 fn id_of(cgroup: u64) -> u64 {
-    read_at::<u64>(cgroup, CGROUP_OFF_CGROUP_KN.load())
-        .and_then(|kn| read_at::<u64>(kn, CGROUP_OFF_KERNFS_NODE_ID.load()))
-        .unwrap_or(OTHER_CGROUP)
+    if cgroup == 0 {
+        return OTHER_CGROUP;
+    }
+    let kn: u64 = load_at(cgroup, CGROUP_OFF_CGROUP_KN.load());
+    if kn == 0 {
+        return OTHER_CGROUP;
+    }
+    match load_at::<u64>(kn, CGROUP_OFF_KERNFS_NODE_ID.load()) {
+        0 => OTHER_CGROUP,
+        id => id,
+    }
 }
 
 /// The cgroup whose series `cgroup`'s event goes to: its own, or

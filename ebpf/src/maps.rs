@@ -33,6 +33,23 @@ pub fn read_at<T: Copy>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(field) }.ok()
 }
 
+/// Reads a `T` at `base + offset` with a plain load, no helper call.
+///
+/// Only for a `base` the verifier knows as a typed kernel pointer (a BTF
+/// tracepoint's argument, or a pointer read from one this way) and an
+/// `offset` that is a load-time constant (a `Global` in the frozen
+/// `.rodata`, whose value the verifier sees): it then checks the access
+/// against the kernel's BTF and makes it a load that reads zero where the
+/// address faults. The verifier refuses the program otherwise, so a misuse
+/// fails at load time, not at run time.
+#[inline(always)]
+pub fn load_at<T: Copy>(base: u64, offset: u32) -> T {
+    let field = (base as usize).wrapping_add(offset as usize) as *const T;
+    // SAFETY: the verifier checks the load (see above) and the kernel
+    // catches a fault, so no address can crash the kernel.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
 /// An atomic `*target += value` (`BPF_ATOMIC | BPF_ADD`). Written as asm
 /// because core's atomics offer no read-modify-write on the BPF target.
 ///

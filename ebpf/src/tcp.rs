@@ -9,7 +9,7 @@
 
 use crate::{
     cgroup, diag,
-    maps::{count, read_at, record},
+    maps::{count, load_at, read_at, record},
 };
 use aya_ebpf::{
     Global,
@@ -118,7 +118,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if new != TCP_SYN_SENT && old != TCP_SYN_SENT {
         return 0;
     }
-    if read_at::<u16>(sk, TCP_OFF_SK_PROTOCOL.load()) != Some(IPPROTO_TCP) {
+    if load_at::<u16>(sk, TCP_OFF_SK_PROTOCOL.load()) != IPPROTO_TCP {
         return 0;
     }
     if new == TCP_SYN_SENT {

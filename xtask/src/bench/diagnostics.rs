@@ -9,7 +9,7 @@ use super::{
     Plan, around, daemon,
     programs::Attached,
     programs_of,
-    report::{Report, Row},
+    report::{Peer, Report, Row, Target},
     workloads,
 };
 
@@ -66,10 +66,8 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             SECTION,
             &format!("{what} with diagnostics on (none firing), ns/event, median of {ROUNDS}"),
             median(on),
-            "diagnostics off (default)",
-            median(off),
-            "",
-            f64::NAN,
+            Peer::new("diagnostics off (default)", median(off)),
+            Target::None,
         ));
     }
     Ok(())

@@ -22,7 +22,7 @@ use clap::Args;
 
 use self::{
     programs::{Attached, Holder},
-    report::{Report, Row},
+    report::{Peer, Report, Row, Target},
 };
 
 /// Options of `cargo xtask bench`.
@@ -241,19 +241,15 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         section,
         metric,
         ours,
-        &runqlat.label,
-        cost(&runqlat, &sched),
-        "<= 0.5x",
-        0.5,
+        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        Target::RatioAtMost(0.5),
     ));
     report.push(Row::ratio(
         section,
         "scheduler probes with --by-cgroup, ns/event",
         cost(&by_cgroup, &sched),
-        &runqlat.label,
-        cost(&runqlat, &sched),
-        "<= 0.6x",
-        0.6,
+        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        Target::RatioAtMost(0.6),
     ));
     for peer in [&runqlat_bt, &floor] {
         let peer_cost = cost(peer, &|_| true);
@@ -261,10 +257,8 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             section,
             metric,
             ours,
-            &peer.label,
-            peer_cost,
-            "",
-            f64::NAN,
+            Peer::new(&peer.label, peer_cost),
+            Target::None,
         ));
     }
     for (name, _) in hostscope_common::sched::SCHED_PROGRAMS {
@@ -274,10 +268,8 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             section,
             &metric,
             cost(&hostscope, &only),
-            &runqlat.label,
-            cost(&runqlat, &only),
-            "",
-            f64::NAN,
+            Peer::new(&runqlat.label, cost(&runqlat, &only)),
+            Target::None,
         ));
     }
 
@@ -296,20 +288,16 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         section,
         metric,
         ours,
-        &biolatency.label,
-        peer,
-        "<= 0.7x",
-        0.7,
+        Peer::new(&biolatency.label, peer),
+        Target::RatioAtMost(0.7),
     ));
     let floor_cost = cost(&floor, &|n| n.starts_with("floor_block"));
     report.push(Row::ratio(
         section,
         metric,
         ours,
-        &floor.label,
-        floor_cost,
-        "",
-        f64::NAN,
+        Peer::new(&floor.label, floor_cost),
+        Target::None,
     ));
     // Per I/O: the tools attach different numbers of programs per request
     // (biolatency also runs on block_rq_insert), so ns/event alone flatters
@@ -325,10 +313,8 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         section,
         metric,
         per_io(&hostscope, &block),
-        &biolatency.label,
-        peer,
-        "",
-        f64::NAN,
+        Peer::new(&biolatency.label, peer),
+        Target::None,
     ));
 
     let (before, after) =
@@ -342,10 +328,8 @@ fn per_event_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         section,
         metric,
         per(ours_time, ours_count),
-        &tcp_bt.label,
-        per(peer_time, peer_count),
-        "",
-        f64::NAN,
+        Peer::new(&tcp_bt.label, per(peer_time, peer_count)),
+        Target::None,
     ));
     Ok(())
 }
@@ -396,17 +380,17 @@ fn slowdown(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         (
             "hostscope (all collectors)",
             hostscope_starter(),
-            Some(0.97),
+            Target::SlowerBy(0.97),
         ),
         (
             "libbpf-tools runqlat",
             peer_starter("runqlat", &["3600"]),
-            None,
+            Target::None,
         ),
         (
             "bpftrace runqlat",
             peer_starter("bpftrace", &["-e", RUNQLAT_BPFTRACE]),
-            None,
+            Target::None,
         ),
     ];
     compare_throughput(
@@ -420,39 +404,39 @@ fn slowdown(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let device = workloads::LoopDevice::create(256)?;
     let fio = || workloads::fio_randread(&device.path, plan.fio_seconds);
     let tools = [
-        ("hostscope (all collectors)", hostscope_starter(), None),
+        (
+            "hostscope (all collectors)",
+            hostscope_starter(),
+            Target::None,
+        ),
         (
             "libbpf-tools biolatency",
             peer_starter("biolatency", &["3600"]),
-            None,
+            Target::None,
         ),
     ];
     compare_throughput(report, "fio 4k direct read IOPS", plan.fio_reps, fio, tools)
 }
 
-/// Runs `workload` `reps` times bare, then with each tool attached; a tool
-/// with a limit must keep at least that fraction of the bare throughput.
+/// Runs `workload` `reps` times bare, then with each tool attached, each
+/// tool's row judged by its target.
 fn compare_throughput<const N: usize>(
     report: &mut Report,
     metric: &str,
     reps: usize,
     workload: impl Fn() -> anyhow::Result<f64>,
-    tools: [(&str, Starter, Option<f64>); N],
+    tools: [(&str, Starter, Target); N],
 ) -> anyhow::Result<()> {
     let bare = repeat(reps, &workload)?;
-    for (label, start, limit) in tools {
+    for (label, start, target) in tools {
         let _tool = Attached::start(label, 0, start)?;
         let with = repeat(reps, &workload)?;
-        let target = limit.map_or(String::new(), |l| {
-            format!("< {:.0}% slower", (1.0 - l) * 100.0)
-        });
         report.push(Row::slowdown(
             "workload slowdown",
             &format!("{metric}, {label}"),
             &with,
             &bare,
-            &target,
-            limit.unwrap_or(f64::NAN),
+            target,
         ));
     }
     Ok(())
@@ -473,8 +457,7 @@ fn daemon_costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         "daemon",
         "start to first scrape with all probes attached, ms (median of 3)",
         ready[1],
-        "< 300 ms",
-        ready[1] < 300.0,
+        Target::below(300.0, " ms"),
     ));
 
     let daemon = daemon::start()?;
@@ -500,46 +483,40 @@ fn daemon_costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         "daemon",
         "CPU per scrape, ms",
         per_scrape / 1e6,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         "daemon",
         "CPU when scraped every 15 s, % of one core",
         at_15s,
-        "< 0.2%",
-        at_15s < 0.2,
+        Target::below(0.2, "%"),
     ));
     let (rss, peak) = daemon::memory_kib(daemon.pid)?;
     report.push(Row::value(
         "daemon",
         "resident memory after scraping, MiB",
         rss as f64 / 1024.0,
-        "< 25 MiB",
-        (rss as f64) < 25.0 * 1024.0,
+        Target::below(25.0, " MiB"),
     ));
     let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
     report.push(Row::value(
         "daemon",
         "/metrics p50 latency, 50 clients (wrk -t1, gzip), ms",
         p50,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         "daemon",
         "/metrics p99 latency, 50 clients (wrk -t1, gzip), ms",
         p99,
-        "< 2 ms",
-        p99 < 2.0,
+        Target::below(2.0, " ms"),
     ));
     let (_, peak_after) = daemon::memory_kib(daemon.pid)?;
     report.push(Row::value(
         "daemon",
         "peak resident memory under 50 clients, MiB",
         peak.max(peak_after) as f64 / 1024.0,
-        "",
-        true,
+        Target::None,
     ));
     Ok(())
 }
@@ -653,13 +630,17 @@ fn profile_busy_host(report: &mut Report, plan: &Plan, own_session: bool) -> any
         },
         svg.len() / 1024
     );
-    report.push(Row::value("profiling", &metric, ms, "< 300 ms", ms < 300.0));
+    report.push(Row::value(
+        "profiling",
+        &metric,
+        ms,
+        Target::below(300.0, " ms"),
+    ));
     report.push(Row::value(
         "profiling",
         "peak resident memory during capture and symbolization, MiB",
         peak as f64 / 1024.0,
-        "<= 100 MiB",
-        peak < 100 * 1024,
+        Target::at_most(100.0, " MiB"),
     ));
     Ok(())
 }
@@ -730,17 +711,14 @@ fn offcpu_cost(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         "profiling",
         "off-CPU capture, host-wide, ns per context switch (perf bench sched pipe)",
         host_wide,
-        &offcputime.label,
-        peer,
-        "<= 1.0x",
-        1.0,
+        Peer::new(&offcputime.label, peer),
+        Target::RatioAtMost(1.0),
     ));
     report.push(Row::value(
         "profiling",
         "off-CPU capture of one other process, ns per context switch of the rest",
         other_pid.unwrap_or(f64::NAN),
-        "",
-        true,
+        Target::None,
     ));
     Ok(())
 }

@@ -12,7 +12,11 @@ use std::{
 use anyhow::Context as _;
 use hostscope_common::cgroup::map_bytes;
 
-use super::{Plan, daemon, report::Report, report::Row, workloads::LoopDevice};
+use super::{
+    Plan, daemon,
+    report::{Report, Row, Target},
+    workloads::LoopDevice,
+};
 
 const SECTION: &str = "per cgroup";
 
@@ -25,8 +29,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             SECTION,
             &format!("kernel map memory, {cgroups} cgroups on {cpus} CPUs, MiB (computed)"),
             map_bytes(cgroups, cpus) as f64 / f64::from(1 << 20),
-            "",
-            true,
+            Target::None,
         ));
     }
     exposition_with_100_cgroups(report, plan)
@@ -82,30 +85,26 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         SECTION,
         "/metrics with 100 labelled cgroups, KiB (plain text)",
         body.len() as f64 / 1024.0,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         SECTION,
         "  series of those cgroups (sched and block, coarse buckets)",
         labelled as f64,
-        "",
-        labelled > 0,
+        Target::None,
     ));
     let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
     report.push(Row::value(
         SECTION,
         "/metrics p50 latency with 100 labelled cgroups, 50 clients, ms",
         p50,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         SECTION,
         "/metrics p99 latency with 100 labelled cgroups, 50 clients, ms",
         p99,
-        "",
-        true,
+        Target::None,
     ));
     Ok(())
 }

@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use self::{
-    programs::Holder,
+    programs::{BpfStats, Holder},
     report::{Report, Row},
 };
 
@@ -96,7 +96,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::setup::kernel()?;
     crate::setup::require_root("benchmarks load eBPF programs and read their statistics")?;
     crate::setup::apt_install_missing(&[
-        ("bpftool", "bpftool"),
         ("runqlat", "libbpf-tools"),
         ("bpftrace", "bpftrace"),
         ("offcputime", "libbpf-tools"),
@@ -167,25 +166,6 @@ fn section(
     }
 }
 
-/// Turns on `kernel.bpf_stats_enabled` and restores it on drop.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> anyhow::Result<Self> {
-        let old = std::fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
-        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
-        Ok(Self(old.trim().to_owned()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
-    }
-}
-
 fn spawn(program: &str, args: &[&str]) -> anyhow::Result<Holder> {
     let child = Command::new(program)
         .args(args)
@@ -207,8 +187,8 @@ fn programs_of(collector: &str) -> impl Fn(&str) -> bool + use<> {
     move |name: &str| programs.iter().any(|function| is_program(name, function))
 }
 
-/// Whether bpftool's `name` is program `function`: bpftool prints the full
-/// name when the program carries BTF, else the kernel's 15-byte cut.
+/// Whether `name`, as the kernel keeps it, is program `function`: the
+/// kernel keeps the first 15 bytes of longer names.
 fn is_program(name: &str, function: &str) -> bool {
     name == function || name == hostscope_common::kernel_program_name(function)
 }

@@ -1,53 +1,73 @@
 //! Who owns which loaded BPF program, and what the kernel says each costs.
 //!
-//! bpftool here does not report owning processes, and peers name their
-//! programs as we do (`sched_switch`...), so a tool's programs are the ids
-//! that appeared when it started. Costs come from `kernel.bpf_stats_enabled`:
-//! cumulative `run_time_ns` and `run_cnt` per program.
+//! The kernel does not say which process owns a program, and peers name
+//! their programs as we do (`sched_switch`...), so a tool's programs are
+//! the ids that appeared when it started. Costs are the kernel's own
+//! statistics (`BPF_ENABLE_STATS`): cumulative run time and run count per
+//! program, read through aya.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Child, Command},
+    os::fd::OwnedFd,
+    process::Child,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use aya::{
+    programs::ProgramError,
+    sys::{Stats, SyscallError},
+};
 
 /// Cumulative statistics of one program.
 #[derive(Debug, Clone, Default)]
 pub struct ProgStats {
-    /// The program's name.
+    /// The program's name as the kernel keeps it (at most 15 bytes).
     pub name: String,
-    /// Nanoseconds spent in it since load (with bpf_stats on).
+    /// Nanoseconds spent in it since load (while statistics were on).
     pub run_time_ns: u64,
-    /// Times it ran since load.
+    /// Times it ran since load (while statistics were on).
     pub run_cnt: u64,
 }
 
 /// Every loaded program, by id.
 pub fn snapshot() -> anyhow::Result<BTreeMap<u64, ProgStats>> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .context("running bpftool")?;
-    if !output.status.success() {
-        bail!("bpftool prog show failed");
+    let mut programs = BTreeMap::new();
+    for program in aya::programs::loaded_programs() {
+        let program = match program {
+            Ok(program) => program,
+            // Unloaded between the kernel listing its id and our opening it.
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                continue;
+            }
+            Err(err) => return Err(err).context("reading the loaded BPF programs"),
+        };
+        programs.insert(
+            u64::from(program.id()),
+            ProgStats {
+                name: program.name_as_str().unwrap_or_default().to_owned(),
+                run_time_ns: u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX),
+                run_cnt: program.run_count(),
+            },
+        );
     }
-    let programs: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).context("parsing bpftool's JSON")?;
-    Ok(programs
-        .iter()
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                ProgStats {
-                    name: p["name"].as_str().unwrap_or_default().to_owned(),
-                    run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                    run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-                },
-            ))
-        })
-        .collect())
+    Ok(programs)
+}
+
+/// The kernel's run time and run count statistics, on while this is held
+/// (the kernel counts holders, so other users' settings are left alone).
+pub struct BpfStats {
+    _on_while_open: OwnedFd,
+}
+
+impl BpfStats {
+    /// Turns the statistics on.
+    pub fn enable() -> anyhow::Result<Self> {
+        let fd = aya::sys::enable_stats(Stats::RunTime).context("enabling BPF run-time stats")?;
+        Ok(Self { _on_while_open: fd })
+    }
 }
 
 /// What keeps a tool's programs loaded.

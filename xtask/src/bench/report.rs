@@ -224,7 +224,8 @@ impl Report {
             "Written by `cargo xtask bench` (as root; it installs its peers from Debian's \
              packages). hostscope and its peers are measured in the same run on the same \
              machine. Per-event costs come from the kernel's own statistics \
-             (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program) with every tool \
+             (`BPF_ENABLE_STATS`, as with `kernel.bpf_stats_enabled=1`: run time / run count \
+             per program) with every tool \
              attached at once to the same events; ratios are hostscope / peer (lower is \
              better) or, for throughput, with / without (higher is better).\n\n",
         );

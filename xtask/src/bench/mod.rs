@@ -20,8 +20,6 @@ mod sampler;
 mod slowdown;
 pub(crate) mod workloads;
 
-pub(crate) use per_cgroup::cgroup2_root;
-
 use std::{process::Command, time::Duration};
 
 use anyhow::Context as _;

@@ -15,7 +15,7 @@ use hostscope_common::cgroup::map_bytes;
 use super::{
     Plan, daemon,
     report::{Report, Row, Target},
-    workloads::LoopDevice,
+    workloads,
 };
 
 const SECTION: &str = "per cgroup";
@@ -39,8 +39,8 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
 /// sleeps (so that its cgroup stays): the size of /metrics and its latency.
 fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let daemon = daemon::start_with(&["--by-cgroup"])?;
-    let device = LoopDevice::create(16)?;
-    let root = cgroup2_root()?;
+    let device = workloads::loop_device(16)?;
+    let root = hostscope_tests::cgroups::try_cgroup2_root()?;
     let mut groups = Groups::default();
     for i in 0..100 {
         let dir = root.join(format!("hostscope-bench-{}-{i}", std::process::id()));
@@ -52,7 +52,7 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
                 &format!(
                     "read _ && dd if={} of=/dev/null bs=4k count=4 iflag=direct status=none; \
                      exec sleep 600",
-                    device.path
+                    device.path()
                 ),
             ])
             .stdin(Stdio::piped())
@@ -107,25 +107,6 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         Target::None,
     ));
     Ok(())
-}
-
-/// Where the cgroup2 hierarchy's root is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host), from /proc/self/mountinfo:
-/// the mount that shows the hierarchy's root, not a subtree of it.
-pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            if after.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            let mut fields = before.split(' ').skip(3);
-            let (root, mount_point) = (fields.next()?, fields.next()?);
-            (root == "/").then(|| PathBuf::from(mount_point))
-        })
-        .context("the root of the cgroup2 hierarchy is mounted nowhere")
 }
 
 /// The benchmark's cgroups and their processes, removed on drop.

@@ -81,9 +81,9 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         ));
     }
 
-    let device = workloads::LoopDevice::create(256)?;
+    let device = workloads::loop_device(256)?;
     let (before, after) =
-        around(|| workloads::fio_randread(&device.path, plan.fio_seconds).map(drop))?;
+        around(|| workloads::fio_randread(&device.path(), plan.fio_seconds).map(drop))?;
     let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
         let (time, count) = tool.accrued(&before, &after, filter);
         (count > 0).then(|| time as f64 / count as f64)

@@ -3,77 +3,23 @@
 //! The kernel does not say which process owns a program, and peers name
 //! their programs as we do (`sched_switch`...), so a tool's programs are
 //! the ids that appeared when it started. Costs are the kernel's own
-//! statistics (`BPF_ENABLE_STATS`): cumulative run time and run count per
-//! program, read through aya.
+//! statistics: cumulative run time and run count per program.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::OwnedFd,
     process::Child,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use aya::{
-    programs::ProgramError,
-    sys::{Stats, SyscallError},
-};
-
-/// Cumulative statistics of one program.
-#[derive(Debug, Clone, Default)]
-pub struct ProgStats {
-    /// The program's name as the kernel keeps it (at most 15 bytes).
-    pub name: String,
-    /// Nanoseconds spent in it since load (while statistics were on).
-    pub run_time_ns: u64,
-    /// Times it ran since load (while statistics were on).
-    pub run_cnt: u64,
-}
-
-/// Every loaded program, by id.
-pub fn snapshot() -> anyhow::Result<BTreeMap<u64, ProgStats>> {
-    let mut programs = BTreeMap::new();
-    for program in aya::programs::loaded_programs() {
-        let program = match program {
-            Ok(program) => program,
-            // Unloaded between the kernel listing its id and our opening it.
-            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                continue;
-            }
-            Err(err) => return Err(err).context("reading the loaded BPF programs"),
-        };
-        programs.insert(
-            u64::from(program.id()),
-            ProgStats {
-                name: program.name_as_str().unwrap_or_default().to_owned(),
-                run_time_ns: u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX),
-                run_cnt: program.run_count(),
-            },
-        );
-    }
-    Ok(programs)
-}
-
-/// The kernel's run time and run count statistics, on while this is held
-/// (the kernel counts holders, so other users' settings are left alone).
-pub struct BpfStats {
-    _on_while_open: OwnedFd,
-}
-
-impl BpfStats {
-    /// Turns the statistics on.
-    pub fn enable() -> anyhow::Result<Self> {
-        let fd = aya::sys::enable_stats(Stats::RunTime).context("enabling BPF run-time stats")?;
-        Ok(Self { _on_while_open: fd })
-    }
-}
+pub use hostscope_tests::bpf_programs::{BpfStats, ProgStats, snapshot};
 
 /// What keeps a tool's programs loaded.
 pub enum Holder {
-    /// A process (a peer tool or the daemon): SIGINT, then SIGKILL, on drop.
+    /// A peer tool's process: SIGINT, then SIGKILL, on drop.
     Process(Child),
+    /// The daemon (killed on drop).
+    Daemon(Box<hostscope_tests::daemon::Daemon>),
     /// Programs loaded by this process (held only to keep them attached).
     InProcess {
         /// The loaded object.
@@ -103,9 +49,12 @@ impl Attached {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut stable_since = (0, Instant::now());
         loop {
-            if let Holder::Process(child) = &mut holder
-                && let Some(status) = child.try_wait()?
-            {
+            let exited = match &mut holder {
+                Holder::Process(child) => child.try_wait()?,
+                Holder::Daemon(daemon) => daemon.exited(),
+                Holder::InProcess { .. } => None,
+            };
+            if let Some(status) = exited {
                 bail!("{label} exited early ({status})");
             }
             let ids: BTreeSet<u64> = snapshot()?

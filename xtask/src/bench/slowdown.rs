@@ -47,8 +47,8 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         tools,
     )?;
 
-    let device = workloads::LoopDevice::create(256)?;
-    let fio = || workloads::fio_randread(&device.path, plan.fio_seconds);
+    let device = workloads::loop_device(256)?;
+    let fio = || workloads::fio_randread(&device.path(), plan.fio_seconds);
     let tools = [
         (
             "hostscope (all collectors)",

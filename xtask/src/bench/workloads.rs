@@ -3,7 +3,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -40,46 +40,12 @@ pub fn sched_pipe(loops: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("no ops/sec in perf's output: {text}"))
 }
 
-/// A loop device over a file, with direct I/O; detached on drop.
-pub struct LoopDevice {
-    /// `/dev/loopN`.
-    pub path: String,
-    file: PathBuf,
-}
+pub use hostscope_tests::blockdev::LoopDevice;
 
-impl LoopDevice {
-    /// A `size_mb` MiB loop device backed by a file on the root filesystem.
-    pub fn create(size_mb: u64) -> anyhow::Result<LoopDevice> {
-        let file = PathBuf::from(format!(
-            "/var/tmp/hostscope-bench-{}.img",
-            std::process::id()
-        ));
-        let f = std::fs::File::create(&file).context("creating the loop backing file")?;
-        f.set_len(size_mb << 20)?;
-        let output = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .context("running losetup")?;
-        if !output.status.success() {
-            let _ = std::fs::remove_file(&file);
-            bail!(
-                "losetup failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        Ok(LoopDevice { path, file })
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup")
-            .args(["--detach", &self.path])
-            .status();
-        let _ = std::fs::remove_file(&self.file);
-    }
+/// A `size_mib` MiB loop device with direct I/O, backed by a file on the
+/// root filesystem (`/tmp` may be a tmpfs); detached on drop.
+pub fn loop_device(size_mib: u64) -> anyhow::Result<LoopDevice> {
+    LoopDevice::try_create_in(Path::new("/var/tmp"), size_mib)
 }
 
 /// fio 4 KiB random direct reads on `device` for `seconds`; returns IOPS.

@@ -15,6 +15,7 @@ mod per_cgroup;
 mod per_event;
 mod profiling;
 mod programs;
+mod realistic;
 mod report;
 mod sampler;
 mod slowdown;
@@ -56,6 +57,12 @@ struct Plan {
     busy_processes: usize,
     scrape_window: Duration,
     wrk_seconds: u64,
+    /// Rounds of the realistic workloads, each tool taking one turn in each.
+    realistic_rounds: usize,
+    /// `perf bench sched messaging -l`.
+    messaging_loops: u64,
+    /// Objects compiled by one run of the build workload.
+    build_objects: usize,
 }
 
 impl Plan {
@@ -71,6 +78,9 @@ impl Plan {
                 busy_processes: 30,
                 scrape_window: Duration::from_secs(5),
                 wrk_seconds: 3,
+                realistic_rounds: 2,
+                messaging_loops: 10,
+                build_objects: 4,
             }
         } else {
             Plan {
@@ -83,6 +93,9 @@ impl Plan {
                 busy_processes: 300,
                 scrape_window: Duration::from_secs(30),
                 wrk_seconds: 10,
+                realistic_rounds: 5,
+                messaging_loops: 30,
+                build_objects: 12,
             }
         }
     }
@@ -118,6 +131,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     section(&mut report, only, "workload slowdown", |r| {
         slowdown::costs(r, &plan)
+    });
+    section(&mut report, only, "realistic slowdown", |r| {
+        realistic::costs(r, &plan)
     });
     section(&mut report, only, "daemon", |r| {
         daemon_costs::costs(r, &plan)
@@ -172,6 +188,17 @@ fn spawn(program: &str, args: &[&str]) -> anyhow::Result<Holder> {
         .spawn()
         .with_context(|| format!("starting {program}"))?;
     Ok(Holder::Process(child))
+}
+
+/// Starts a tool for a slowdown measurement.
+type Starter = Box<dyn Fn() -> anyhow::Result<Holder>>;
+
+fn hostscope_starter() -> Starter {
+    Box::new(|| Ok(daemon::start()?.holder))
+}
+
+fn peer_starter(program: &'static str, args: &'static [&'static str]) -> Starter {
+    Box::new(move || spawn(program, args))
 }
 
 /// A filter for the programs of `collector` (hostscope's shared list).

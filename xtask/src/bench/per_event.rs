@@ -29,12 +29,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         spawn("bpftrace", &["-e", TCP_BPFTRACE])
     })?;
     let floor = Attached::start("empty tp_btf program", 4, || {
-        programs::load_floor(&[
-            ("floor_sched_switch", "sched_switch"),
-            ("floor_sched_wakeup", "sched_wakeup"),
-            ("floor_block_rq_issue", "block_rq_issue"),
-            ("floor_block_rq_complete", "block_rq_complete"),
-        ])
+        programs::load_floor(&programs::FLOOR_PROGRAMS)
     })?;
 
     let (before, after) = around(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;

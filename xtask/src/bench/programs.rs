@@ -121,6 +121,14 @@ impl Drop for Holder {
     }
 }
 
+/// Every floor program (ebpf/src/floor.rs) and its tracepoint.
+pub const FLOOR_PROGRAMS: [(&str, &str); 4] = [
+    ("floor_sched_switch", "sched_switch"),
+    ("floor_sched_wakeup", "sched_wakeup"),
+    ("floor_block_rq_issue", "block_rq_issue"),
+    ("floor_block_rq_complete", "block_rq_complete"),
+];
+
 /// Loads the floor programs (empty, on the same tracepoints) from the
 /// object the release build left in OUT_DIR.
 pub fn load_floor(programs: &[(&str, &str)]) -> anyhow::Result<Holder> {

@@ -146,14 +146,50 @@ impl Row {
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             format!("{:.3}..{:.3}", lo / bare_median, hi / bare_median)
         };
+        // Throughputs of a few runs a second need their decimals.
+        let figure = |v: f64| {
+            if v.abs() < 100.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
         Row {
             section: section.into(),
             metric: metric.into(),
-            value: format!("{with_median:.0} (runs {})", spread(with)),
-            peer: format!("bare: {bare_median:.0} (runs {})", spread(bare)),
+            value: format!("{} (runs {})", figure(with_median), spread(with)),
+            peer: format!("bare: {} (runs {})", figure(bare_median), spread(bare)),
             ratio: format!("{ratio:.3}x"),
             target: target.text(),
             verdict: target.verdict(Some(ratio)),
+        }
+    }
+
+    /// Our slowdown (the fraction of bare throughput lost) against a
+    /// peer's, with the ratio ours/peer, which `target` judges. No ratio
+    /// when the peer's slowdown is not above zero: within the noise of bare
+    /// runs there is nothing to divide by.
+    pub fn slowdowns(
+        section: &str,
+        metric: &str,
+        ours: f64,
+        peer: Peer<'_>,
+        target: Target,
+    ) -> Row {
+        let ratio = peer.value.filter(|p| *p > 0.0).map(|p| ours / p);
+        let percent = |v: f64| format!("{:.1}%", v * 100.0);
+        Row {
+            section: section.into(),
+            metric: metric.into(),
+            value: percent(ours),
+            peer: format!(
+                "{}: {}",
+                peer.label,
+                peer.value.map_or("n/a".into(), percent)
+            ),
+            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            target: target.text(),
+            verdict: target.verdict(ratio),
         }
     }
 
@@ -243,7 +279,7 @@ impl Report {
             );
         }
         out.push_str(
-            "\nReproduce: `cargo xtask bench` (about 12 minutes; `--quick` for a smoke run).\n",
+            "\nReproduce: `cargo xtask bench` (about 14 minutes; `--quick` for a smoke run).\n",
         );
         out
     }

@@ -1,22 +1,11 @@
 //! Workload slowdown: throughput bare and with each tool attached.
 
 use super::{
-    Plan, RUNQLAT_BPFTRACE, daemon,
-    programs::{Attached, Holder},
+    Plan, RUNQLAT_BPFTRACE, Starter, hostscope_starter, peer_starter,
+    programs::Attached,
     report::{Report, Row, Target},
-    spawn, workloads,
+    workloads,
 };
-
-/// Starts a tool for a slowdown measurement.
-type Starter = Box<dyn Fn() -> anyhow::Result<Holder>>;
-
-fn hostscope_starter() -> Starter {
-    Box::new(|| Ok(daemon::start()?.holder))
-}
-
-fn peer_starter(program: &'static str, args: &'static [&'static str]) -> Starter {
-    Box::new(move || spawn(program, args))
-}
 
 /// Throughput of the workloads with nothing attached, with hostscope, and
 /// with each peer, as the median of several runs.

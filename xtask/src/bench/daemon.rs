@@ -61,6 +61,32 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// The plain-text /metrics of the daemon at `url`, and the daemon's CPU
+/// time per scrape over `scrapes` back-to-back scrapes, in milliseconds.
+/// What the idle daemon spends meanwhile is counted too; it is a few
+/// microseconds per second (see the daemon section), far below one scrape.
+pub fn scrape_cpu_ms(url: &str, pid: u32, scrapes: u32) -> anyhow::Result<(String, f64)> {
+    let agent = agent();
+    let scrape = || -> anyhow::Result<String> {
+        agent
+            .get(format!("{url}/metrics"))
+            .call()
+            .context("scraping")?
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .context("reading /metrics")
+    };
+    let body = scrape()?;
+    let before = cpu_ns(pid)?;
+    for _ in 0..scrapes {
+        scrape()?;
+    }
+    let spent = cpu_ns(pid)?.saturating_sub(before);
+    Ok((body, spent as f64 / f64::from(scrapes.max(1)) / 1e6))
+}
+
 /// CPU time of every thread of `pid`, in nanoseconds (schedstat: exact,
 /// unlike clock ticks).
 pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {

@@ -10,6 +10,7 @@ pub(crate) mod daemon;
 mod daemon_costs;
 mod diagnostics;
 mod exposition;
+mod growth;
 mod offcpu;
 mod per_cgroup;
 mod per_event;
@@ -63,6 +64,8 @@ struct Plan {
     messaging_loops: u64,
     /// Objects compiled by one run of the build workload.
     build_objects: usize,
+    /// Block devices added, in steps, for the cost-growth rows.
+    growth_devices: Vec<usize>,
 }
 
 impl Plan {
@@ -81,6 +84,7 @@ impl Plan {
                 realistic_rounds: 2,
                 messaging_loops: 10,
                 build_objects: 4,
+                growth_devices: vec![0, 4],
             }
         } else {
             Plan {
@@ -96,6 +100,7 @@ impl Plan {
                 realistic_rounds: 5,
                 messaging_loops: 30,
                 build_objects: 12,
+                growth_devices: vec![0, 8, 32],
             }
         }
     }
@@ -139,6 +144,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         daemon_costs::costs(r, &plan)
     });
     section(&mut report, only, "exposition", exposition::costs);
+    section(&mut report, only, "cost growth", |r| {
+        growth::costs(r, &plan)
+    });
     section(&mut report, only, "per cgroup", |r| {
         per_cgroup::costs(r, &plan)
     });

@@ -20,6 +20,9 @@ use super::{
 
 const SECTION: &str = "per cgroup";
 
+/// Scrapes timed with the 100 cgroups.
+const SCRAPES: u32 = 20;
+
 /// Every row of the section.
 pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let here = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -70,13 +73,7 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         groups.children.push(child);
     }
     std::thread::sleep(Duration::from_secs(1));
-    let body = daemon::agent()
-        .get(format!("{}/metrics", daemon.url))
-        .call()
-        .context("scraping")?
-        .body_mut()
-        .read_to_string()
-        .context("reading /metrics")?;
+    let (body, cpu_ms) = daemon::scrape_cpu_ms(&daemon.url, daemon.pid, SCRAPES)?;
     let labelled = body
         .lines()
         .filter(|l| l.contains("cgroup=\"/hostscope-bench-"))
@@ -91,6 +88,12 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         SECTION,
         "  series of those cgroups (sched and block, coarse buckets)",
         labelled as f64,
+        Target::None,
+    ));
+    report.push(Row::value(
+        SECTION,
+        &format!("  daemon CPU per scrape with those cgroups, ms (mean of {SCRAPES})"),
+        cpu_ms,
         Target::None,
     ));
     let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;

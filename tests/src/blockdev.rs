@@ -1,7 +1,13 @@
 //! Loop devices made by a test, direct I/O on them, and the kernel's own
 //! per-disk accounting (/sys/block/NAME/stat).
 
-use std::{os::unix::fs::OpenOptionsExt as _, path::PathBuf, process::Command};
+use std::{
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
 
 /// A loop device over a sparse file, with direct I/O to its backing file;
 /// detached and deleted on drop, even when the test fails.
@@ -16,7 +22,13 @@ impl LoopDevice {
     /// Attaches a `size_mib` MiB loop device.
     pub fn create(size_mib: u64) -> LoopDevice {
         crate::require_root();
-        let file = std::env::temp_dir().join(format!(
+        LoopDevice::try_create_in(&std::env::temp_dir(), size_mib)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Attaches a `size_mib` MiB loop device backed by a file in `dir`.
+    pub fn try_create_in(dir: &Path, size_mib: u64) -> anyhow::Result<LoopDevice> {
+        let file = dir.join(format!(
             "hostscope-test-{}-{}.img",
             std::process::id(),
             std::time::SystemTime::now()
@@ -24,25 +36,33 @@ impl LoopDevice {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        let f = std::fs::File::create(&file).expect("create the backing file");
-        f.set_len(size_mib << 20).expect("size the backing file");
-        let output = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .expect("losetup (util-linux) runs");
-        assert!(
-            output.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let f = std::fs::File::create(&file)
+            .with_context(|| format!("creating the backing file {}", file.display()))?;
+        let attach = || -> anyhow::Result<String> {
+            f.set_len(size_mib << 20)
+                .context("sizing the backing file")?;
+            let output = Command::new("losetup")
+                .args(["--find", "--show", "--direct-io=on"])
+                .arg(&file)
+                .output()
+                .context("running losetup (util-linux)")?;
+            if !output.status.success() {
+                bail!(
+                    "losetup failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        let path = attach().inspect_err(|_| {
+            let _ = std::fs::remove_file(&file);
+        })?;
         let name = path.trim_start_matches("/dev/").to_owned();
-        LoopDevice {
+        Ok(LoopDevice {
             name,
             file,
             attached: true,
-        }
+        })
     }
 
     /// `/dev/loopN`.

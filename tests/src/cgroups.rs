@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
+
 use crate::{
     require_root,
     schedstat::{self, SchedStat},
@@ -18,7 +20,12 @@ use crate::{
 /// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup/unified` on a
 /// hybrid host), from /proc/self/mountinfo: the mount of its root.
 pub fn cgroup2_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    try_cgroup2_root().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// [`cgroup2_root`], or why there is none.
+pub fn try_cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     mountinfo
         .lines()
         .find_map(|line| {
@@ -30,7 +37,7 @@ pub fn cgroup2_root() -> PathBuf {
             let (root, mount_point) = (fields.next()?, fields.next()?);
             (root == "/").then(|| PathBuf::from(mount_point))
         })
-        .expect("this host mounts cgroup2 (its root)")
+        .context("the root of the cgroup2 hierarchy is mounted nowhere")
 }
 
 /// A cgroup made by a test; removed when dropped. Drop children before

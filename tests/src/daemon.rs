@@ -3,11 +3,12 @@
 use std::{
     fs::File,
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
+use anyhow::{Context as _, bail};
 use base64::Engine as _;
 
 use crate::{exposition::Exposition, hostscope_bin, require_root};
@@ -83,18 +84,35 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra arguments for `serve`.
     pub fn start_with(collectors: &str, extra: &[&str]) -> Daemon {
-        let daemon = Self::spawn(collectors, extra);
-        let exposition = daemon.scrape();
+        require_root();
+        Self::try_start(&hostscope_bin(), collectors, extra).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`Daemon::start_with`], running `binary`, failing instead of
+    /// panicking.
+    pub fn try_start(binary: &Path, collectors: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let addr = free_local_addr();
+        let listen = addr.to_string();
+        let daemon = Self::launch(
+            binary,
+            &["--listen", &listen],
+            addr,
+            collectors,
+            extra,
+            |_| {},
+            WebClient::default(),
+        )?;
+        let exposition = daemon.try_scrape()?;
         for name in collectors.split(',') {
             let up = exposition.value("hostscope_collector_up", &[("collector", name)]);
-            assert_eq!(
-                up,
-                Some(1.0),
-                "collector {name} is not up; daemon log:\n{}",
-                daemon.log()
-            );
+            if up != Some(1.0) {
+                bail!(
+                    "collector {name} is not up ({up:?}); daemon log:\n{}",
+                    daemon.log()
+                );
+            }
         }
-        daemon
+        Ok(daemon)
     }
 
     /// Starts the daemon and waits only until /healthz answers.
@@ -161,9 +179,31 @@ impl Daemon {
         client: WebClient,
     ) -> Daemon {
         require_root();
+        Self::launch(
+            &hostscope_bin(),
+            listen,
+            addr,
+            collectors,
+            extra,
+            configure,
+            client,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Starts `binary` as [`Daemon::spawn_as`] does.
+    fn launch(
+        binary: &Path,
+        listen: &[&str],
+        addr: SocketAddr,
+        collectors: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+        client: WebClient,
+    ) -> anyhow::Result<Daemon> {
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
-        let log_file = File::create(&log).expect("create the daemon's log file");
-        let mut command = Command::new(hostscope_bin());
+        let log_file = File::create(&log).context("creating the daemon's log file")?;
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .args(listen)
@@ -173,36 +213,40 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log_file);
         configure(&mut command);
-        let child = command.spawn().expect("start hostscope");
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
         let mut daemon = Daemon {
             child: Some(child),
             addr,
             log,
             client,
         };
-        daemon.wait_healthy();
-        daemon
+        daemon.wait_healthy()?;
+        Ok(daemon)
     }
 
-    fn wait_healthy(&mut self) {
+    /// Polls often: the bench times start-up by when this returns.
+    fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("hostscope exited early ({status}); log:\n{}", self.log());
+            if let Some(status) = self.exited() {
+                bail!("hostscope exited early ({status}); log:\n{}", self.log());
             }
             if self.get("/healthz").0 == 200 {
-                return;
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        panic!(
+        bail!(
             "hostscope did not serve /healthz within 20 s; log:\n{}",
             self.log()
         );
+    }
+
+    /// The daemon's exit status if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// GETs `path`, returning the status and body (status 0 if the connection failed).
@@ -227,14 +271,19 @@ impl Daemon {
 
     /// Scrapes /metrics.
     pub fn scrape(&self) -> Exposition {
+        self.try_scrape().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Daemon::scrape`], failing instead of panicking.
+    pub fn try_scrape(&self) -> anyhow::Result<Exposition> {
         let (status, body) = self.get("/metrics");
-        assert_eq!(
-            status,
-            200,
-            "GET /metrics failed: {body}\nlog:\n{}",
-            self.log()
-        );
-        Exposition::parse(&body)
+        if status != 200 {
+            bail!(
+                "GET /metrics failed ({status}): {body}\nlog:\n{}",
+                self.log()
+            );
+        }
+        Ok(Exposition::parse(&body))
     }
 
     /// The daemon's process id.

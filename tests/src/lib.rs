@@ -4,6 +4,10 @@
 //! programs into the running kernel, and compare what it reports with what
 //! the kernel itself accounts. They need root and *fail* (never skip) when
 //! the probes cannot load.
+//!
+//! xtask's bench and soak use the same harness: what they need exists in a
+//! form that returns errors (`try_*`), of which the tests' panicking form
+//! is a wrapper.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,6 +16,7 @@
 )]
 
 pub mod blockdev;
+pub mod bpf_programs;
 pub mod cgroups;
 pub mod daemon;
 pub mod exposition;

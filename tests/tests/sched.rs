@@ -274,19 +274,7 @@ fn sigterm_detaches_and_exits_cleanly() {
     }
 }
 
-/// Ids of the loaded BPF programs called `name`, from bpftool.
+/// Ids of the loaded BPF programs called `name`.
 fn loaded_programs(name: &str) -> Vec<u64> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .expect("bpftool is installed by `cargo xtask setup`");
-    assert!(output.status.success(), "bpftool prog show failed");
-    let programs: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
-    programs
-        .as_array()
-        .expect("a list of programs")
-        .iter()
-        .filter(|p| p["name"].as_str() == Some(name))
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+    hostscope_tests::bpf_programs::ids_named(name).expect("list the loaded BPF programs")
 }

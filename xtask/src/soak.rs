@@ -534,10 +534,10 @@ fn start_workload(
     ));
     // Block I/O: direct random reads on a loop device, 5 s at a time. The
     // device lives (and is detached) in this thread.
-    let device = workloads::LoopDevice::create(256)?;
+    let device = workloads::loop_device(256)?;
     workers.push(spawn(
         "block",
-        Box::new(move || workloads::fio_randread(&device.path, 5).map(drop)),
+        Box::new(move || workloads::fio_randread(&device.path(), 5).map(drop)),
     ));
     // TCP: round trips on one connection and fresh connects, paced so
     // that TIME_WAIT sockets stay in the thousands.
@@ -568,7 +568,7 @@ struct CgroupChurn {
 
 impl CgroupChurn {
     fn new() -> anyhow::Result<Option<CgroupChurn>> {
-        let Ok(root) = crate::bench::cgroup2_root() else {
+        let Ok(root) = hostscope_tests::cgroups::try_cgroup2_root() else {
             return Ok(None);
         };
         let parent = root.join(format!("hostscope-soak-{}", std::process::id()));

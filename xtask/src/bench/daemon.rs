@@ -1,8 +1,7 @@
 //! The daemon's own costs: start-up, memory, CPU, scrape latency.
 
 use std::{
-    net::TcpListener,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -23,65 +22,35 @@ pub struct Daemon {
 }
 
 /// Starts `hostscope serve` with every collector and waits for a scrape that
-/// reports every collector's state.
+/// reports every collector up.
 pub fn start() -> anyhow::Result<Daemon> {
     start_with(&[])
 }
 
 /// Like [`start`], with extra arguments for `serve`.
 pub fn start_with(extra: &[&str]) -> anyhow::Result<Daemon> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("http://127.0.0.1:{port}");
+    let collectors = hostscope_common::COLLECTOR_PROGRAMS
+        .map(|(name, _)| name)
+        .join(",");
+    // Quiet unless `extra` asks for a level (clap takes a flag once).
+    let quiet: &[&str] = if extra.contains(&"--log-level") {
+        &[]
+    } else {
+        &["--log-level", "warn"]
+    };
     let started = Instant::now();
-    let child = Command::new(crate::release_binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--collectors")
-        .arg(
-            hostscope_common::COLLECTOR_PROGRAMS
-                .map(|(name, _)| name)
-                .join(","),
-        )
-        // Quiet unless `extra` asks for a level (clap takes a flag once).
-        .args(if extra.contains(&"--log-level") {
-            &[][..]
-        } else {
-            &["--log-level", "warn"][..]
-        })
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting hostscope")?;
-    let pid = child.id();
-    let mut holder = Holder::Process(child);
-    let agent = agent();
-    loop {
-        if let Ok(mut response) = agent.get(format!("{url}/metrics")).call()
-            && response.status() == 200
-        {
-            let body = response.body_mut().read_to_string().unwrap_or_default();
-            if hostscope_common::COLLECTOR_PROGRAMS.iter().all(|(c, _)| {
-                body.contains(&format!("hostscope_collector_up{{collector=\"{c}\"}} 1"))
-            }) {
-                let ready_after = started.elapsed();
-                return Ok(Daemon {
-                    holder,
-                    pid,
-                    url,
-                    ready_after,
-                });
-            }
-        }
-        if let Holder::Process(child) = &mut holder
-            && let Some(status) = child.try_wait()?
-        {
-            bail!("hostscope exited during start-up ({status})");
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("hostscope was not ready within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let daemon = hostscope_tests::daemon::Daemon::try_start(
+        &crate::release_binary(),
+        &collectors,
+        &[quiet, extra].concat(),
+    )?;
+    let ready_after = started.elapsed();
+    Ok(Daemon {
+        pid: daemon.pid(),
+        url: format!("http://{}", daemon.addr),
+        ready_after,
+        holder: Holder::Daemon(Box::new(daemon)),
+    })
 }
 
 /// A blocking HTTP client.
@@ -90,6 +59,32 @@ pub fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into()
+}
+
+/// The plain-text /metrics of the daemon at `url`, and the daemon's CPU
+/// time per scrape over `scrapes` back-to-back scrapes, in milliseconds.
+/// What the idle daemon spends meanwhile is counted too; it is a few
+/// microseconds per second (see the daemon section), far below one scrape.
+pub fn scrape_cpu_ms(url: &str, pid: u32, scrapes: u32) -> anyhow::Result<(String, f64)> {
+    let agent = agent();
+    let scrape = || -> anyhow::Result<String> {
+        agent
+            .get(format!("{url}/metrics"))
+            .call()
+            .context("scraping")?
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .context("reading /metrics")
+    };
+    let body = scrape()?;
+    let before = cpu_ns(pid)?;
+    for _ in 0..scrapes {
+        scrape()?;
+    }
+    let spent = cpu_ns(pid)?.saturating_sub(before);
+    Ok((body, spent as f64 / f64::from(scrapes.max(1)) / 1e6))
 }
 
 /// CPU time of every thread of `pid`, in nanoseconds (schedstat: exact,

@@ -9,7 +9,7 @@ use super::{
     Plan, around, daemon,
     programs::Attached,
     programs_of,
-    report::{Report, Row},
+    report::{Peer, Report, Row, Target},
     workloads,
 };
 
@@ -20,7 +20,7 @@ const SECTION: &str = "kernel diagnostics";
 
 /// The diagnostics rows: scheduler and block ns/event, on against off.
 pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
-    let device = workloads::LoopDevice::create(256)?;
+    let device = workloads::loop_device(256)?;
     let sched = programs_of("sched");
     let block = programs_of("block");
     // Per round: (off, on) ns/event of the scheduler and block programs.
@@ -49,7 +49,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         sched_costs.0.extend(per_event(&off, &sched));
         sched_costs.1.extend(per_event(&on, &sched));
         let (before, after) = around(|| {
-            workloads::fio_randread(&device.path, plan.fio_seconds.div_ceil(2)).map(drop)
+            workloads::fio_randread(&device.path(), plan.fio_seconds.div_ceil(2)).map(drop)
         })?;
         let per_event = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
             let (time, count) = tool.accrued(&before, &after, filter);
@@ -66,10 +66,8 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             SECTION,
             &format!("{what} with diagnostics on (none firing), ns/event, median of {ROUNDS}"),
             median(on),
-            "diagnostics off (default)",
-            median(off),
-            "",
-            f64::NAN,
+            Peer::new("diagnostics off (default)", median(off)),
+            Target::None,
         ));
     }
     Ok(())

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use super::{
     daemon,
-    report::{Report, Row},
+    report::{Report, Row, Target},
 };
 
 /// What Prometheus sends for each format.
@@ -61,23 +61,24 @@ pub fn costs(report: &mut Report) -> anyhow::Result<()> {
                 "exposition",
                 &format!("series per scrape ({variant}), idle host"),
                 series as f64,
-                if default { "< 300" } else { "" },
-                !default || series < 300,
+                if default {
+                    Target::below(300.0, "")
+                } else {
+                    Target::None
+                },
             ));
         }
         report.push(Row::value(
             "exposition",
             &format!("scrape size ({variant}), KiB"),
             body.len() as f64 / 1024.0,
-            "",
-            true,
+            Target::None,
         ));
         report.push(Row::value(
             "exposition",
             &format!("scrape latency ({variant}), ms (median of {SCRAPES})"),
             median,
-            "",
-            true,
+            Target::None,
         ));
     }
     Ok(())

@@ -12,9 +12,16 @@ use std::{
 use anyhow::Context as _;
 use hostscope_common::cgroup::map_bytes;
 
-use super::{Plan, daemon, report::Report, report::Row, workloads::LoopDevice};
+use super::{
+    Plan, daemon,
+    report::{Report, Row, Target},
+    workloads,
+};
 
 const SECTION: &str = "per cgroup";
+
+/// Scrapes timed with the 100 cgroups.
+const SCRAPES: u32 = 20;
 
 /// Every row of the section.
 pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
@@ -25,8 +32,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             SECTION,
             &format!("kernel map memory, {cgroups} cgroups on {cpus} CPUs, MiB (computed)"),
             map_bytes(cgroups, cpus) as f64 / f64::from(1 << 20),
-            "",
-            true,
+            Target::None,
         ));
     }
     exposition_with_100_cgroups(report, plan)
@@ -36,8 +42,8 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
 /// sleeps (so that its cgroup stays): the size of /metrics and its latency.
 fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let daemon = daemon::start_with(&["--by-cgroup"])?;
-    let device = LoopDevice::create(16)?;
-    let root = cgroup2_root()?;
+    let device = workloads::loop_device(16)?;
+    let root = hostscope_tests::cgroups::try_cgroup2_root()?;
     let mut groups = Groups::default();
     for i in 0..100 {
         let dir = root.join(format!("hostscope-bench-{}-{i}", std::process::id()));
@@ -49,7 +55,7 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
                 &format!(
                     "read _ && dd if={} of=/dev/null bs=4k count=4 iflag=direct status=none; \
                      exec sleep 600",
-                    device.path
+                    device.path()
                 ),
             ])
             .stdin(Stdio::piped())
@@ -67,13 +73,7 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         groups.children.push(child);
     }
     std::thread::sleep(Duration::from_secs(1));
-    let body = daemon::agent()
-        .get(format!("{}/metrics", daemon.url))
-        .call()
-        .context("scraping")?
-        .body_mut()
-        .read_to_string()
-        .context("reading /metrics")?;
+    let (body, cpu_ms) = daemon::scrape_cpu_ms(&daemon.url, daemon.pid, SCRAPES)?;
     let labelled = body
         .lines()
         .filter(|l| l.contains("cgroup=\"/hostscope-bench-"))
@@ -82,51 +82,34 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         SECTION,
         "/metrics with 100 labelled cgroups, KiB (plain text)",
         body.len() as f64 / 1024.0,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         SECTION,
         "  series of those cgroups (sched and block, coarse buckets)",
         labelled as f64,
-        "",
-        labelled > 0,
+        Target::None,
+    ));
+    report.push(Row::value(
+        SECTION,
+        &format!("  daemon CPU per scrape with those cgroups, ms (mean of {SCRAPES})"),
+        cpu_ms,
+        Target::None,
     ));
     let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
     report.push(Row::value(
         SECTION,
         "/metrics p50 latency with 100 labelled cgroups, 50 clients, ms",
         p50,
-        "",
-        true,
+        Target::None,
     ));
     report.push(Row::value(
         SECTION,
         "/metrics p99 latency with 100 labelled cgroups, 50 clients, ms",
         p99,
-        "",
-        true,
+        Target::None,
     ));
     Ok(())
-}
-
-/// Where the cgroup2 hierarchy's root is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host), from /proc/self/mountinfo:
-/// the mount that shows the hierarchy's root, not a subtree of it.
-pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            if after.split(' ').next()? != "cgroup2" {
-                return None;
-            }
-            let mut fields = before.split(' ').skip(3);
-            let (root, mount_point) = (fields.next()?, fields.next()?);
-            (root == "/").then(|| PathBuf::from(mount_point))
-        })
-        .context("the root of the cgroup2 hierarchy is mounted nowhere")
 }
 
 /// The benchmark's cgroups and their processes, removed on drop.

@@ -1,59 +1,25 @@
 //! Who owns which loaded BPF program, and what the kernel says each costs.
 //!
-//! bpftool here does not report owning processes, and peers name their
-//! programs as we do (`sched_switch`...), so a tool's programs are the ids
-//! that appeared when it started. Costs come from `kernel.bpf_stats_enabled`:
-//! cumulative `run_time_ns` and `run_cnt` per program.
+//! The kernel does not say which process owns a program, and peers name
+//! their programs as we do (`sched_switch`...), so a tool's programs are
+//! the ids that appeared when it started. Costs are the kernel's own
+//! statistics: cumulative run time and run count per program.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Child, Command},
+    process::Child,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-
-/// Cumulative statistics of one program.
-#[derive(Debug, Clone, Default)]
-pub struct ProgStats {
-    /// The program's name.
-    pub name: String,
-    /// Nanoseconds spent in it since load (with bpf_stats on).
-    pub run_time_ns: u64,
-    /// Times it ran since load.
-    pub run_cnt: u64,
-}
-
-/// Every loaded program, by id.
-pub fn snapshot() -> anyhow::Result<BTreeMap<u64, ProgStats>> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .context("running bpftool")?;
-    if !output.status.success() {
-        bail!("bpftool prog show failed");
-    }
-    let programs: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).context("parsing bpftool's JSON")?;
-    Ok(programs
-        .iter()
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                ProgStats {
-                    name: p["name"].as_str().unwrap_or_default().to_owned(),
-                    run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                    run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-                },
-            ))
-        })
-        .collect())
-}
+pub use hostscope_tests::bpf_programs::{BpfStats, ProgStats, snapshot};
 
 /// What keeps a tool's programs loaded.
 pub enum Holder {
-    /// A process (a peer tool or the daemon): SIGINT, then SIGKILL, on drop.
+    /// A peer tool's process: SIGINT, then SIGKILL, on drop.
     Process(Child),
+    /// The daemon (killed on drop).
+    Daemon(Box<hostscope_tests::daemon::Daemon>),
     /// Programs loaded by this process (held only to keep them attached).
     InProcess {
         /// The loaded object.
@@ -83,9 +49,12 @@ impl Attached {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut stable_since = (0, Instant::now());
         loop {
-            if let Holder::Process(child) = &mut holder
-                && let Some(status) = child.try_wait()?
-            {
+            let exited = match &mut holder {
+                Holder::Process(child) => child.try_wait()?,
+                Holder::Daemon(daemon) => daemon.exited(),
+                Holder::InProcess { .. } => None,
+            };
+            if let Some(status) = exited {
                 bail!("{label} exited early ({status})");
             }
             let ids: BTreeSet<u64> = snapshot()?
@@ -151,6 +120,14 @@ impl Drop for Holder {
         }
     }
 }
+
+/// Every floor program (ebpf/src/floor.rs) and its tracepoint.
+pub const FLOOR_PROGRAMS: [(&str, &str); 4] = [
+    ("floor_sched_switch", "sched_switch"),
+    ("floor_sched_wakeup", "sched_wakeup"),
+    ("floor_block_rq_issue", "block_rq_issue"),
+    ("floor_block_rq_complete", "block_rq_complete"),
+];
 
 /// Loads the floor programs (empty, on the same tracepoints) from the
 /// object the release build left in OUT_DIR.

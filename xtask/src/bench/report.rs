@@ -2,6 +2,96 @@
 
 use std::{fmt::Write as _, process::Command};
 
+/// The goal a row's figure is held to. It renders its own text for the
+/// table and decides the verdict, so that a threshold is written once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// No goal: the row informs.
+    None,
+    /// Ours over the peer's is at most this (`<= 0.5x`).
+    RatioAtMost(f64),
+    /// With the tool, throughput is more than this fraction of bare
+    /// (`0.97`: `< 3% slower`).
+    SlowerBy(f64),
+    /// The figure is below `limit`, in `unit` (`< 300 ms`; the unit is
+    /// written as given, so `"%"` or `" ms"`).
+    Below {
+        /// The bound, excluded.
+        limit: f64,
+        /// What follows the number in the text.
+        unit: &'static str,
+    },
+    /// The figure is at most `limit`, in `unit` (`<= 100 MiB`).
+    AtMost {
+        /// The bound, included.
+        limit: f64,
+        /// What follows the number in the text.
+        unit: &'static str,
+    },
+}
+
+impl Target {
+    /// Below `limit` `unit` (see [`Target::Below`]).
+    pub const fn below(limit: f64, unit: &'static str) -> Target {
+        Target::Below { limit, unit }
+    }
+
+    /// At most `limit` `unit` (see [`Target::AtMost`]).
+    pub const fn at_most(limit: f64, unit: &'static str) -> Target {
+        Target::AtMost { limit, unit }
+    }
+
+    /// The target column.
+    pub fn text(self) -> String {
+        match self {
+            Target::None => String::new(),
+            Target::RatioAtMost(limit) => format!("<= {limit:.1}x"),
+            Target::SlowerBy(kept) => format!("< {:.0}% slower", (1.0 - kept) * 100.0),
+            Target::Below { limit, unit } => format!("< {limit}{unit}"),
+            Target::AtMost { limit, unit } => format!("<= {limit}{unit}"),
+        }
+    }
+
+    /// Whether `figure` (the row's ratio for ratio and slowdown targets,
+    /// its value otherwise) meets the target; `None` when there is no
+    /// target, or no figure.
+    pub fn met(self, figure: Option<f64>) -> Option<bool> {
+        let figure = figure.filter(|f| !f.is_nan())?;
+        match self {
+            Target::None => None,
+            Target::RatioAtMost(limit) | Target::AtMost { limit, .. } => Some(figure <= limit),
+            Target::SlowerBy(kept) => Some(figure >= kept),
+            Target::Below { limit, .. } => Some(figure < limit),
+        }
+    }
+
+    /// The verdict column for `figure`.
+    pub fn verdict(self, figure: Option<f64>) -> &'static str {
+        match (self, self.met(figure)) {
+            (Target::None, _) => "",
+            (_, Some(true)) => "met",
+            (_, Some(false)) => "MISSED",
+            (_, None) => "not measured",
+        }
+    }
+}
+
+/// A peer's figure and its name in the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// Its name.
+    pub label: &'a str,
+    /// Its figure, if it was measured.
+    pub value: Option<f64>,
+}
+
+impl<'a> Peer<'a> {
+    /// `label`'s figure `value`.
+    pub fn new(label: &'a str, value: Option<f64>) -> Peer<'a> {
+        Peer { label, value }
+    }
+}
+
 /// One line of the table.
 pub struct Row {
     section: String,
@@ -14,41 +104,40 @@ pub struct Row {
 }
 
 impl Row {
-    /// Our figure against a peer's, with the ratio ours/peer; `limit` is the
-    /// largest ratio that meets the target (NaN: no target).
+    /// Our figure against a peer's, with the ratio ours/peer, which
+    /// `target` judges.
     pub fn ratio(
         section: &str,
         metric: &str,
         ours: Option<f64>,
-        peer_label: &str,
-        peer: Option<f64>,
-        target: &str,
-        limit: f64,
+        peer: Peer<'_>,
+        target: Target,
     ) -> Row {
-        let ratio = ours.zip(peer).map(|(o, p)| o / p);
+        let ratio = ours.zip(peer.value).map(|(o, p)| o / p);
         Row {
             section: section.into(),
             metric: metric.into(),
             value: ours.map_or("n/a".into(), |v| format!("{v:.0}")),
             peer: format!(
-                "{peer_label}: {}",
-                peer.map_or("n/a".into(), |v| format!("{v:.0}"))
+                "{}: {}",
+                peer.label,
+                peer.value.map_or("n/a".into(), |v| format!("{v:.0}"))
             ),
             ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
-            target: target.into(),
-            verdict: verdict(ratio.map(|r| r <= limit), limit.is_nan()),
+            target: target.text(),
+            verdict: target.verdict(ratio),
         }
     }
 
     /// Throughput with a tool attached against bare runs: median ratio, and
-    /// the spread (min..max of the tool's runs over the bare median).
+    /// the spread (min..max of the tool's runs over the bare median), which
+    /// `target` judges.
     pub fn slowdown(
         section: &str,
         metric: &str,
         with: &[f64],
         bare: &[f64],
-        target: &str,
-        limit: f64,
+        target: Target,
     ) -> Row {
         let (with_median, bare_median) = (median(with), median(bare));
         let ratio = with_median / bare_median;
@@ -57,27 +146,63 @@ impl Row {
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             format!("{:.3}..{:.3}", lo / bare_median, hi / bare_median)
         };
+        // Throughputs of a few runs a second need their decimals.
+        let figure = |v: f64| {
+            if v.abs() < 100.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
         Row {
             section: section.into(),
             metric: metric.into(),
-            value: format!("{with_median:.0} (runs {})", spread(with)),
-            peer: format!("bare: {bare_median:.0} (runs {})", spread(bare)),
+            value: format!("{} (runs {})", figure(with_median), spread(with)),
+            peer: format!("bare: {} (runs {})", figure(bare_median), spread(bare)),
             ratio: format!("{ratio:.3}x"),
-            target: target.into(),
-            verdict: verdict(Some(ratio >= limit), limit.is_nan()),
+            target: target.text(),
+            verdict: target.verdict(Some(ratio)),
         }
     }
 
-    /// A figure of our own against a target.
-    pub fn value(section: &str, metric: &str, value: f64, target: &str, met: bool) -> Row {
+    /// Our slowdown (the fraction of bare throughput lost) against a
+    /// peer's, with the ratio ours/peer, which `target` judges. No ratio
+    /// when the peer's slowdown is not above zero: within the noise of bare
+    /// runs there is nothing to divide by.
+    pub fn slowdowns(
+        section: &str,
+        metric: &str,
+        ours: f64,
+        peer: Peer<'_>,
+        target: Target,
+    ) -> Row {
+        let ratio = peer.value.filter(|p| *p > 0.0).map(|p| ours / p);
+        let percent = |v: f64| format!("{:.1}%", v * 100.0);
+        Row {
+            section: section.into(),
+            metric: metric.into(),
+            value: percent(ours),
+            peer: format!(
+                "{}: {}",
+                peer.label,
+                peer.value.map_or("n/a".into(), percent)
+            ),
+            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            target: target.text(),
+            verdict: target.verdict(ratio),
+        }
+    }
+
+    /// A figure of our own (NaN: not measured), which `target` judges.
+    pub fn value(section: &str, metric: &str, value: f64, target: Target) -> Row {
         Row {
             section: section.into(),
             metric: metric.into(),
             value: format!("{value:.3}"),
             peer: String::new(),
             ratio: String::new(),
-            target: target.into(),
-            verdict: verdict(Some(met), target.is_empty()),
+            target: target.text(),
+            verdict: target.verdict(Some(value)),
         }
     }
 
@@ -92,15 +217,6 @@ impl Row {
             target: String::new(),
             verdict: "not measured",
         }
-    }
-}
-
-fn verdict(met: Option<bool>, no_target: bool) -> &'static str {
-    match (no_target, met) {
-        (true, _) => "",
-        (false, Some(true)) => "met",
-        (false, Some(false)) => "MISSED",
-        (false, None) => "not measured",
     }
 }
 
@@ -144,7 +260,8 @@ impl Report {
             "Written by `cargo xtask bench` (as root; it installs its peers from Debian's \
              packages). hostscope and its peers are measured in the same run on the same \
              machine. Per-event costs come from the kernel's own statistics \
-             (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program) with every tool \
+             (`BPF_ENABLE_STATS`, as with `kernel.bpf_stats_enabled=1`: run time / run count \
+             per program) with every tool \
              attached at once to the same events; ratios are hostscope / peer (lower is \
              better) or, for throughput, with / without (higher is better).\n\n",
         );
@@ -162,7 +279,7 @@ impl Report {
             );
         }
         out.push_str(
-            "\nReproduce: `cargo xtask bench` (about 12 minutes; `--quick` for a smoke run).\n",
+            "\nReproduce: `cargo xtask bench` (about 14 minutes; `--quick` for a smoke run).\n",
         );
         out
     }
@@ -193,4 +310,37 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!("{cpus} x {model}, {memory} RAM, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_render_their_own_text() {
+        assert_eq!(Target::None.text(), "");
+        assert_eq!(Target::RatioAtMost(0.5).text(), "<= 0.5x");
+        assert_eq!(Target::RatioAtMost(1.0).text(), "<= 1.0x");
+        assert_eq!(Target::SlowerBy(0.97).text(), "< 3% slower");
+        assert_eq!(Target::below(300.0, " ms").text(), "< 300 ms");
+        assert_eq!(Target::below(0.2, "%").text(), "< 0.2%");
+        assert_eq!(Target::below(300.0, "").text(), "< 300");
+        assert_eq!(Target::at_most(100.0, " MiB").text(), "<= 100 MiB");
+    }
+
+    #[test]
+    fn targets_judge_their_figure() {
+        assert_eq!(Target::RatioAtMost(0.5).verdict(Some(0.5)), "met");
+        assert_eq!(Target::RatioAtMost(0.5).verdict(Some(0.51)), "MISSED");
+        assert_eq!(Target::SlowerBy(0.97).verdict(Some(0.98)), "met");
+        assert_eq!(Target::SlowerBy(0.97).verdict(Some(0.96)), "MISSED");
+        assert_eq!(Target::below(2.0, " ms").verdict(Some(2.0)), "MISSED");
+        assert_eq!(Target::at_most(100.0, " MiB").verdict(Some(100.0)), "met");
+        assert_eq!(Target::below(2.0, " ms").verdict(None), "not measured");
+        assert_eq!(
+            Target::below(2.0, " ms").verdict(Some(f64::NAN)),
+            "not measured"
+        );
+        assert_eq!(Target::None.verdict(Some(9.0)), "");
+    }
 }

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use super::{
     BpfStats, around, daemon, is_program,
     programs::{Attached, Holder},
-    report::{Report, Row},
+    report::{Peer, Report, Row, Target},
 };
 
 const SECTION: &str = "profiling";
@@ -94,17 +94,14 @@ pub fn costs(report: &mut Report) -> anyhow::Result<()> {
             SECTION,
             &format!("CPU sampler, {label}, kernel ns per sample"),
             kernel,
-            "bpftrace profile (ustack, kstack)",
-            peer,
-            "",
-            f64::NAN,
+            Peer::new("bpftrace profile (ustack, kstack)", peer),
+            Target::None,
         ));
         report.push(Row::value(
             SECTION,
             &format!("CPU sampler, {label}, daemon and sandbox CPU per sample, us"),
             daemon_us.unwrap_or(f64::NAN),
-            "",
-            true,
+            Target::None,
         ));
     }
     Ok(())

@@ -1,0 +1,142 @@
+//! Per-event cost: every tool attached at once to the same events, each
+//! one's kernel run time over its run count (`bpf_stats`) per workload.
+
+use super::{
+    Plan, RUNQLAT_BPFTRACE, around, daemon, is_program,
+    programs::{self, Attached},
+    programs_of,
+    report::{Peer, Report, Row, Target},
+    spawn, workloads,
+};
+
+const SECTION: &str = "per-event cost";
+
+/// Every tool attached at once, then each workload in turn; per-event cost
+/// is each tool's run time over its run count on that workload's events.
+pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let hostscope = Attached::start("hostscope", 0, || Ok(daemon::start()?.holder))?;
+    let by_cgroup = Attached::start("hostscope --by-cgroup", 0, || {
+        Ok(daemon::start_with(&["--by-cgroup"])?.holder)
+    })?;
+    let runqlat = Attached::start("libbpf-tools runqlat", 3, || spawn("runqlat", &["3600"]))?;
+    let runqlat_bt = Attached::start("bpftrace runqlat", 0, || {
+        spawn("bpftrace", &["-e", RUNQLAT_BPFTRACE])
+    })?;
+    let biolatency = Attached::start("libbpf-tools biolatency", 0, || {
+        spawn("biolatency", &["3600"])
+    })?;
+    let tcp_bt = Attached::start("bpftrace tcp_probe histogram", 0, || {
+        spawn("bpftrace", &["-e", TCP_BPFTRACE])
+    })?;
+    let floor = Attached::start("empty tp_btf program", 4, || {
+        programs::load_floor(&programs::FLOOR_PROGRAMS)
+    })?;
+
+    let (before, after) = around(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;
+    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, count) = tool.accrued(&before, &after, filter);
+        (count > 0).then(|| time as f64 / count as f64)
+    };
+    let sched = programs_of("sched");
+    let ours = cost(&hostscope, &sched);
+    let metric = "scheduler probes, ns/event (perf bench sched pipe)";
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        ours,
+        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        Target::RatioAtMost(0.5),
+    ));
+    report.push(Row::ratio(
+        SECTION,
+        "scheduler probes with --by-cgroup, ns/event",
+        cost(&by_cgroup, &sched),
+        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        Target::RatioAtMost(0.6),
+    ));
+    for peer in [&runqlat_bt, &floor] {
+        let peer_cost = cost(peer, &|_| true);
+        report.push(Row::ratio(
+            SECTION,
+            metric,
+            ours,
+            Peer::new(&peer.label, peer_cost),
+            Target::None,
+        ));
+    }
+    for (name, _) in hostscope_common::sched::SCHED_PROGRAMS {
+        let only = |n: &str| is_program(n, name);
+        let metric = format!("  {name}, ns/event");
+        report.push(Row::ratio(
+            SECTION,
+            &metric,
+            cost(&hostscope, &only),
+            Peer::new(&runqlat.label, cost(&runqlat, &only)),
+            Target::None,
+        ));
+    }
+
+    let device = workloads::loop_device(256)?;
+    let (before, after) =
+        around(|| workloads::fio_randread(&device.path(), plan.fio_seconds).map(drop))?;
+    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, count) = tool.accrued(&before, &after, filter);
+        (count > 0).then(|| time as f64 / count as f64)
+    };
+    let block = programs_of("block");
+    let ours = cost(&hostscope, &block);
+    let metric = "block probes, ns/event (fio 4k direct reads, loop device)";
+    let peer = cost(&biolatency, &|_| true);
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        ours,
+        Peer::new(&biolatency.label, peer),
+        Target::RatioAtMost(0.7),
+    ));
+    let floor_cost = cost(&floor, &|n| n.starts_with("floor_block"));
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        ours,
+        Peer::new(&floor.label, floor_cost),
+        Target::None,
+    ));
+    // Per I/O: the tools attach different numbers of programs per request
+    // (biolatency also runs on block_rq_insert), so ns/event alone flatters
+    // the one with more, cheaper events. Completions are the I/O count.
+    let (_, ios) = hostscope.accrued(&before, &after, |n| is_program(n, "block_rq_complete"));
+    let per_io = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, _) = tool.accrued(&before, &after, filter);
+        (ios > 0).then(|| time as f64 / ios as f64)
+    };
+    let metric = "block probes, ns per I/O (all of a tool's programs)";
+    let peer = per_io(&biolatency, &|_| true);
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        per_io(&hostscope, &block),
+        Peer::new(&biolatency.label, peer),
+        Target::None,
+    ));
+
+    let (before, after) =
+        around(|| workloads::tcp_ping_pong(plan.tcp_round_trips, 1_000).map(drop))?;
+    let tcp = programs_of("tcp");
+    let (ours_time, ours_count) = hostscope.accrued(&before, &after, tcp);
+    let (peer_time, peer_count) = tcp_bt.accrued(&before, &after, |_| true);
+    let per = |t: u64, c: u64| (c > 0).then(|| t as f64 / c as f64);
+    let metric = "TCP probes, ns/event (loopback ping-pong + connects)";
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        per(ours_time, ours_count),
+        Peer::new(&tcp_bt.label, per(peer_time, peer_count)),
+        Target::None,
+    ));
+    Ok(())
+}
+
+/// bpftrace's equivalent of our TCP RTT histogram and retransmit counter.
+const TCP_BPFTRACE: &str = "tracepoint:tcp:tcp_probe { @srtt = hist(args->srtt); } \
+    tracepoint:tcp:tcp_retransmit_skb { @retransmits = count(); }";

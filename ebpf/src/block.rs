@@ -31,7 +31,7 @@ use crate::{
 };
 use aya_ebpf::{
     Global,
-    bindings::{BPF_EXIST, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -65,10 +65,14 @@ const EEXIST: i32 = 17;
 #[map(name = "BLOCK_START")]
 static BLOCK_START: HashMap<u64, BlockStart> = HashMap::with_max_entries(BLOCK_START_ENTRIES, 0);
 
-/// The histograms, one per (disk, operation), one copy per CPU.
+/// The histograms, one per (disk, operation), one copy per CPU. Not
+/// preallocated: a preallocated map would hold every possible entry on
+/// every CPU (1024 x 1 KiB x 128 CPUs = 124 MiB on a large host) for the
+/// few (disk, operation) pairs a host has; an entry is created once per
+/// pair, and lookups cost the same.
 #[map(name = "BLOCK_LATENCY")]
 static BLOCK_LATENCY: PerCpuHashMap<BlockKey, Histogram> =
-    PerCpuHashMap::with_max_entries(BLOCK_LATENCY_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(BLOCK_LATENCY_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The histograms per (cgroup, disk, operation) (`--by-cgroup`); the daemon
 /// sizes it.

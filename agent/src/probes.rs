@@ -4,6 +4,7 @@
 //! Dropping [`Probes`] detaches and unloads every program.
 
 use crate::{
+    btf::VMLINUX_BTF,
     cli::{CgroupArgs, MapArgs},
     kernel_layout,
     kernel_log::{self, KernelLog},
@@ -20,7 +21,7 @@ use hostscope_common::{
 };
 
 use aya::{
-    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Endianness,
     maps::{Map, MapError},
     programs::{
         BtfTracePoint, PerfEvent, ProgramError,
@@ -148,12 +149,23 @@ impl Probes {
         maps: MapArgs,
         cgroups: &CgroupArgs,
     ) -> Result<Self, LoadError> {
-        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        // Both aya (to load BTF tracepoints) and kernel_layout (for field
+        // offsets) need the running kernel's BTF, several MiB: read once.
+        let vmlinux = std::fs::read(VMLINUX_BTF).map_err(|error| {
+            LoadError::Btf(BtfError::FileError {
+                path: VMLINUX_BTF.into(),
+                error,
+            })
+        })?;
+        let btf = Btf::parse(&vmlinux, Endianness::default()).map_err(LoadError::Btf)?;
+        // `--kernel-btf` may name another file (a kernel's BTF kept
+        // elsewhere, or a test's decoy): then only the offsets come from it.
+        let layout_source = (kernel_btf == std::path::Path::new(VMLINUX_BTF)).then_some(vmlinux);
         // Field offsets for the programs that read kernel structs; a
         // collector whose fields are missing is reported down later, alone.
         let mut globals = Vec::new();
         let mut layout_errors = Vec::new();
-        match kernel_layout::kernel_btf(kernel_btf) {
+        match kernel_layout::kernel_btf(kernel_btf, layout_source) {
             Ok(kernel) => {
                 for (collector, layout) in LAYOUTS {
                     match layout(&kernel, cgroups.by_cgroup) {

@@ -12,7 +12,6 @@
 use std::{collections::HashSet, fs, io, path::Path};
 
 /// Where the running kernel publishes its BTF.
-#[cfg(test)]
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;

@@ -135,9 +135,14 @@ fn cgroup_id(btf: &Btf) -> Result<Offsets, LayoutError> {
     ])
 }
 
-/// Parses the kernel's BTF at `path` (normally /sys/kernel/btf/vmlinux).
-pub fn kernel_btf(path: &std::path::Path) -> Result<Btf, LayoutError> {
-    Btf::from_file(path).map_err(|e: BtfError| LayoutError::Parse {
+/// Parses the kernel's BTF at `path` (normally /sys/kernel/btf/vmlinux):
+/// `read`, its bytes when the caller has them already, else read here.
+pub fn kernel_btf(path: &std::path::Path, read: Option<Vec<u8>>) -> Result<Btf, LayoutError> {
+    let parsed = match read {
+        Some(data) => Btf::parse(data),
+        None => Btf::from_file(path),
+    };
+    parsed.map_err(|e: BtfError| LayoutError::Parse {
         path: path.display().to_string(),
         reason: e.to_string(),
     })

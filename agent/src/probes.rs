@@ -4,6 +4,7 @@
 //! Dropping [`Probes`] detaches and unloads every program.
 
 use crate::{
+    btf::VMLINUX_BTF,
     cli::{CgroupArgs, MapArgs},
     kernel_layout,
     kernel_log::{self, KernelLog},
@@ -19,8 +20,10 @@ use hostscope_common::{
     tcp::{TCP_CONNECT_START_MAP, TCP_COUNTERS_BY_CGROUP_MAP, TCP_LATENCY_BY_CGROUP_MAP},
 };
 
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+
 use aya::{
-    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Endianness,
     maps::{Map, MapError},
     programs::{
         BtfTracePoint, PerfEvent, ProgramError,
@@ -148,12 +151,23 @@ impl Probes {
         maps: MapArgs,
         cgroups: &CgroupArgs,
     ) -> Result<Self, LoadError> {
-        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        // Both aya (to load BTF tracepoints) and kernel_layout (for field
+        // offsets) need the running kernel's BTF, several MiB: read once.
+        let vmlinux = std::fs::read(VMLINUX_BTF).map_err(|error| {
+            LoadError::Btf(BtfError::FileError {
+                path: VMLINUX_BTF.into(),
+                error,
+            })
+        })?;
+        let btf = Btf::parse(&vmlinux, Endianness::default()).map_err(LoadError::Btf)?;
+        // `--kernel-btf` may name another file (a kernel's BTF kept
+        // elsewhere, or a test's decoy): then only the offsets come from it.
+        let layout_source = (kernel_btf == std::path::Path::new(VMLINUX_BTF)).then_some(vmlinux);
         // Field offsets for the programs that read kernel structs; a
         // collector whose fields are missing is reported down later, alone.
         let mut globals = Vec::new();
         let mut layout_errors = Vec::new();
-        match kernel_layout::kernel_btf(kernel_btf) {
+        match kernel_layout::kernel_btf(kernel_btf, layout_source) {
             Ok(kernel) => {
                 for (collector, layout) in LAYOUTS {
                     match layout(&kernel, cgroups.by_cgroup) {
@@ -451,16 +465,12 @@ impl Probes {
             .ebpf
             .programs()
             .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
+                let info = prog_info(std::os::fd::AsFd::as_fd(program.fd().ok()?)).ok()?;
                 Some(ProgramStats {
                     name: name.to_owned(),
-                    run_time: info.run_time(),
-                    runs: info.run_count(),
-                    recursion_misses: program
-                        .fd()
-                        .ok()
-                        .and_then(|fd| recursion_misses(std::os::fd::AsFd::as_fd(fd)))
-                        .unwrap_or(0),
+                    run_time: std::time::Duration::from_nanos(info.run_time_ns),
+                    runs: info.run_cnt,
+                    recursion_misses: info.recursion_misses,
                 })
             })
             .collect();
@@ -569,17 +579,44 @@ fn perf_event_denied_by_paranoid(err: &aya::programs::ProgramError) -> Option<i3
     (level > 2).then_some(level)
 }
 
-/// The kernel's count of runs a program missed by recursion, from its
-/// descriptor's fdinfo (which `bpf_prog_info` also has, but aya's
-/// `ProgramInfo` does not show).
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+/// The kernel's `bpf_prog_info` for the program behind `fd`
+/// (BPF_OBJ_GET_INFO_BY_FD): its run time and count, which aya's
+/// `ProgramInfo` also shows, and its recursion misses, which that leaves
+/// out, in one system call. (The descriptor's fdinfo has the misses too,
+/// but reading it cost an open, a formatted read and a close per program
+/// per scrape: the largest part of a scrape's time.) Kernels older than
+/// a field leave it zero.
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bpf_prog_info> {
     use std::os::fd::AsRawFd as _;
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("recursion_misses:"))?
-        .trim()
-        .parse()
-        .ok()
+    /// BPF_OBJ_GET_INFO_BY_FD's member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: a C struct of integers and integer arrays: all zeroes is a
+    // valid value (and what the kernel wants in fields it does not know).
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd().cast_unsigned(),
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: the kernel reads `attr` (its size given) and writes at most
+    // `info_len` bytes at `info`; both are ours and outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
+            &raw mut attr,
+            size_of::<InfoByFd>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info)
 }
 
 /// Turns the kernel's BPF run-time statistics on for as long as the

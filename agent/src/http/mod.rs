@@ -170,13 +170,13 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     // Caches must not hand one scraper's format or encoding to another.
     let vary = (header::VARY, "Accept, Accept-Encoding");
     let content_type = (header::CONTENT_TYPE, format.content_type());
-    match state.metrics.scrape(format).await {
-        Ok(exposition) if gzip => (
+    match state.metrics.scrape(format, gzip).await {
+        Ok(body) if gzip => (
             [content_type, vary, (header::CONTENT_ENCODING, "gzip")],
-            exposition.gzip,
+            body,
         )
             .into_response(),
-        Ok(exposition) => ([content_type, vary], exposition.plain).into_response(),
+        Ok(body) => ([content_type, vary], body).into_response(),
         Err(err) => {
             tracing::error!("encoding metrics failed: {err}");
             (

@@ -1,18 +1,15 @@
 //! Prometheus metrics, computed at scrape time straight from the maps.
 //! Knows prometheus-client and the exposition formats, not HTTP.
 
+mod batch;
 mod format;
 mod model;
 mod process;
 mod protobuf;
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, LazyLock, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
+use std::sync::{
+    Arc, LazyLock, Mutex, PoisonError,
+    atomic::{AtomicU64, Ordering},
 };
 
 use std::io::Write as _;
@@ -28,6 +25,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use batch::{Abandoned, Batches};
 use model::{Kind, Metric, Sample};
 
 use crate::{
@@ -40,26 +38,42 @@ pub use format::Format;
 /// The registry served at /metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    /// For the text formats, through prometheus-client.
-    registry: Registry,
-    /// For protobuf, read directly.
-    reader: Arc<ScrapeTime>,
-    /// The last exposition in each format and when its encoding started.
-    /// A scrape reuses it only if that encoding started after the scrape
-    /// arrived: never staler than a read of its own (scrape, act, scrape
-    /// shows the act), yet scrapes that queue up while one read runs all
-    /// share the next.
-    latest: tokio::sync::Mutex<HashMap<Format, (Instant, Exposition)>>,
+    /// Scrapes that arrive while a read runs wait for the next read and
+    /// share it, and its encoding in each format and its compression.
+    batches: Batches<Want, Expositions>,
 }
 
-/// One encoded exposition, plain and gzipped (what Prometheus asks for: the
-/// text is ~100 KiB of repetitive bucket lines and compresses ~20x).
-#[derive(Debug, Clone)]
-pub struct Exposition {
-    /// The exposition.
-    pub plain: Bytes,
-    /// The same, gzip-compressed.
-    pub gzip: Bytes,
+/// What one scrape asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    format: Format,
+    gzip: bool,
+}
+
+/// One read, encoded in each format a scrape of its batch asked for.
+#[derive(Debug)]
+struct Expositions(Vec<(Format, Result<Exposition, ScrapeError>)>);
+
+/// One encoded exposition, plain and, if a scraper asked for it, gzipped
+/// (what Prometheus asks for: repetitive bucket lines compress ~5x).
+#[derive(Debug)]
+struct Exposition {
+    plain: Bytes,
+    gzip: Option<Bytes>,
+}
+
+/// Why a scrape got no exposition.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScrapeError {
+    /// prometheus-client's text encoder failed.
+    #[error("encoding the metrics failed")]
+    Encode,
+    /// gzip failed.
+    #[error("compressing the metrics failed: {0}")]
+    Compress(#[source] Arc<std::io::Error>),
+    /// The read this scrape waited for never finished.
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
 }
 
 impl Metrics {
@@ -77,57 +91,31 @@ impl Metrics {
             .iter()
             .map(|(kind, _)| (*kind, AtomicU64::new(0)))
             .collect();
-        let reader = Arc::new(ScrapeTime {
+        let reader = ScrapeTime {
             collectors,
             programs,
             scrape_errors,
             classic,
-        });
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(TextView(reader.clone())));
-        Self {
-            registry,
-            reader,
-            latest: tokio::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The exposition in `format`, read after this call began.
-    pub async fn scrape(&self, format: Format) -> Result<Exposition, std::fmt::Error> {
-        let arrived = Instant::now();
-        let mut latest = self.latest.lock().await;
-        if let Some((started, exposition)) = latest.get(&format)
-            && *started >= arrived
-        {
-            return Ok(exposition.clone());
-        }
-        let started = Instant::now();
-        let plain = self.encode(format)?;
-        let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
-        let gzip = gz
-            .write_all(&plain)
-            .and_then(|()| gz.finish())
-            .map_err(|_| std::fmt::Error)?;
-        let exposition = Exposition {
-            plain: Bytes::from(plain),
-            gzip: Bytes::from(gzip),
         };
-        latest.insert(format, (started, exposition.clone()));
-        Ok(exposition)
+        Self {
+            batches: Batches::new(move |wants: &[Want]| reader.expositions(wants)),
+        }
     }
 
-    /// Every metric, encoded in `format`.
-    pub fn encode(&self, format: Format) -> Result<Vec<u8>, std::fmt::Error> {
-        if format == Format::Protobuf {
-            return Ok(protobuf::encode(&self.reader.snapshot()));
-        }
-        let mut out = String::with_capacity(16 * 1024);
-        text::encode(&mut out, &self.registry)?;
-        Ok(match format {
-            Format::Text => format::openmetrics_to_text(&out),
-            _ => out,
-        }
-        .into_bytes())
+    /// The exposition in `format`, gzipped if `gzip`, read after this call
+    /// began.
+    pub async fn scrape(&self, format: Format, gzip: bool) -> Result<Bytes, ScrapeError> {
+        let answer = self.batches.get(Want { format, gzip }).await?;
+        let exposition = match answer.0.iter().find(|(encoded, _)| *encoded == format) {
+            Some((_, Ok(exposition))) => exposition,
+            Some((_, Err(err))) => return Err(err.clone()),
+            // Not reached: a read encodes every format its batch asked for.
+            None => return Err(Abandoned.into()),
+        };
+        Ok(match (gzip, &exposition.gzip) {
+            (true, Some(gzipped)) => gzipped.clone(),
+            _ => exposition.plain.clone(),
+        })
     }
 }
 
@@ -150,20 +138,78 @@ impl std::fmt::Debug for ScrapeTime {
     }
 }
 
-/// The scrape-time reader as prometheus-client sees it.
+/// One read as prometheus-client sees it.
 #[derive(Debug)]
-struct TextView(Arc<ScrapeTime>);
+struct TextView(Arc<[Metric]>);
 
 impl Collector for TextView {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for metric in self.0.snapshot() {
-            encode_metric(&mut encoder, &metric)?;
+        for metric in self.0.iter() {
+            encode_metric(&mut encoder, metric)?;
         }
         Ok(())
     }
 }
 
+/// `metrics` in `format`, and gzipped if `gzip`.
+fn exposition(
+    metrics: &Arc<[Metric]>,
+    format: Format,
+    gzip: bool,
+) -> Result<Exposition, ScrapeError> {
+    let plain = encode(metrics, format).map_err(|_| ScrapeError::Encode)?;
+    let gzip = match gzip {
+        // Level 1: most of level 6's ratio on this text, at a fraction of
+        // its time.
+        true => {
+            let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
+            let gzipped = gz
+                .write_all(&plain)
+                .and_then(|()| gz.finish())
+                .map_err(|err| ScrapeError::Compress(Arc::new(err)))?;
+            Some(Bytes::from(gzipped))
+        }
+        false => None,
+    };
+    Ok(Exposition {
+        plain: Bytes::from(plain),
+        gzip,
+    })
+}
+
+/// `metrics`, encoded in `format`.
+fn encode(metrics: &Arc<[Metric]>, format: Format) -> Result<Vec<u8>, std::fmt::Error> {
+    if format == Format::Protobuf {
+        return Ok(protobuf::encode(metrics));
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(TextView(metrics.clone())));
+    let mut out = String::with_capacity(16 * 1024);
+    text::encode(&mut out, &registry)?;
+    Ok(match format {
+        Format::Text => format::openmetrics_to_text(&out),
+        _ => out,
+    }
+    .into_bytes())
+}
+
 impl ScrapeTime {
+    /// Every metric, read once now and encoded in each format `wants`
+    /// asks for, gzipped too where one of them asks for that.
+    fn expositions(&self, wants: &[Want]) -> Expositions {
+        let snapshot: Arc<[Metric]> = self.snapshot().into();
+        let expositions = [Format::Text, Format::OpenMetrics, Format::Protobuf]
+            .into_iter()
+            .filter_map(|format| {
+                let asked = wants.iter().filter(|want| want.format == format);
+                let gzip = asked.clone().any(|want| want.gzip);
+                let asked = asked.count() > 0;
+                asked.then(|| (format, exposition(&snapshot, format, gzip)))
+            })
+            .collect();
+        Expositions(expositions)
+    }
+
     /// Every metric, read now.
     fn snapshot(&self) -> Vec<Metric> {
         let mut metrics = vec![Metric {
@@ -656,6 +702,49 @@ mod tests {
         assert_eq!(encoded(Layout::Fine, Layout::Fine).len(), BUCKETS);
     }
 
+    /// One read answers a batch: each format asked for is encoded once,
+    /// gzipped only if one of its scrapes asked for gzip, and the gzipped
+    /// bytes are the plain ones compressed; formats nobody asked for are
+    /// not encoded.
+    #[test]
+    fn a_read_encodes_each_format_asked_for_once() {
+        use crate::collector::{CollectorKind, Collectors, Status};
+        use std::io::Read as _;
+        let reader = ScrapeTime {
+            collectors: Arc::new(Collectors {
+                running: vec![(CollectorKind::Block, Box::new(Readable))],
+                statuses: vec![Status {
+                    kind: CollectorKind::Block,
+                    down_reason: None,
+                }],
+                attribution: None,
+            }),
+            programs: None,
+            scrape_errors: Vec::new(),
+            classic: Layout::Coarse,
+        };
+        let want = |format, gzip| Want { format, gzip };
+        let Expositions(answers) = reader.expositions(&[
+            want(Format::Text, false),
+            want(Format::Protobuf, false),
+            want(Format::Text, true),
+            want(Format::Text, false),
+        ]);
+        let formats: Vec<Format> = answers.iter().map(|(format, _)| *format).collect();
+        assert_eq!(formats, [Format::Text, Format::Protobuf]);
+        let text = answers[0].1.as_ref().unwrap();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&text.gzip.as_ref().expect("gzipped")[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, text.plain);
+        let plain = std::str::from_utf8(&text.plain).unwrap();
+        assert!(plain.contains("test_readable_total 5\n"), "{plain}");
+        let protobuf = answers[1].1.as_ref().unwrap();
+        assert!(protobuf.gzip.is_none(), "nobody asked for gzipped protobuf");
+        assert!(!protobuf.plain.is_empty());
+    }
+
     /// A collector whose maps can't be read: every read fails.
     struct Unreadable;
 
@@ -682,8 +771,8 @@ mod tests {
     /// A map read that fails at scrape time leaves that collector's
     /// families out, counts the failure under its name, and leaves the
     /// other collectors' families and the scrape itself whole.
-    #[test]
-    fn a_failed_map_read_is_counted_and_spares_the_others() {
+    #[tokio::test]
+    async fn a_failed_map_read_is_counted_and_spares_the_others() {
         use crate::collector::{CollectorKind, Collectors, Status};
         let collectors = Collectors {
             running: vec![
@@ -701,7 +790,8 @@ mod tests {
         };
         let metrics = Metrics::new(Arc::new(collectors), None, Layout::Coarse);
         for scrape in 1..=2 {
-            let text = String::from_utf8(metrics.encode(Format::Text).unwrap()).unwrap();
+            let text = metrics.scrape(Format::Text, false).await.unwrap();
+            let text = String::from_utf8(text.to_vec()).unwrap();
             assert!(
                 text.contains(&format!(
                     "hostscope_scrape_errors_total{{collector=\"sched\"}} {scrape}\n"

@@ -25,12 +25,11 @@ impl ProcessStats {
     /// Reads this process's numbers.
     pub fn read() -> io::Result<Self> {
         let stat = fs::read_to_string("/proc/self/stat")?;
-        let boot = boot_time(&fs::read_to_string("/proc/stat")?)?;
-        let open_fds = fs::read_dir("/proc/self/fd")?.count() as u64;
+        let open_fds = open_fds()?;
         let max_fds = crate::fd_limit::soft()?;
         Self::parse(
             &stat,
-            boot,
+            boot()?,
             open_fds,
             max_fds,
             rustix::param::clock_ticks_per_second(),
@@ -73,6 +72,29 @@ impl ProcessStats {
             start_time_seconds: boot_time as f64 + field(22)? as f64 / ticks,
         })
     }
+}
+
+/// Open file descriptors: the size of /proc/self/fd, which is their count
+/// since Linux 6.2 and saves listing the directory (a lookup per
+/// descriptor, on every scrape); older kernels say 0 there and get the
+/// listing (which counts its own descriptor too).
+fn open_fds() -> io::Result<u64> {
+    match fs::metadata("/proc/self/fd")?.len() {
+        0 => Ok(fs::read_dir("/proc/self/fd")?.count() as u64),
+        count => Ok(count),
+    }
+}
+
+/// The boot time, read once: /proc/stat is long (a count per interrupt),
+/// and the boot time it shows moves only when the wall clock is set,
+/// which should not move the daemon's start time either.
+fn boot() -> io::Result<u64> {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(boot) = BOOT.get() {
+        return Ok(*boot);
+    }
+    let boot = boot_time(&fs::read_to_string("/proc/stat")?)?;
+    Ok(*BOOT.get_or_init(|| boot))
 }
 
 /// The boot time (`btime`) from `/proc/stat`, in seconds since the epoch.

@@ -116,14 +116,17 @@ pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// `/metrics` latency (p50, p99) in ms under `connections` concurrent
-/// clients for `seconds`, measured by wrk.
+/// clients for `seconds`, measured by wrk: one wrk thread (the other CPU is
+/// the daemon's), asking for gzip as Prometheus does.
 pub fn scrape_latency(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let output = Command::new("wrk")
         .args([
-            "-t2",
+            "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
+            "-H",
+            "Accept-Encoding: gzip",
         ])
         .arg(format!("{url}/metrics"))
         .output()

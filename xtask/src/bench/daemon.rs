@@ -87,19 +87,33 @@ pub fn scrape_cpu_ms(url: &str, pid: u32, scrapes: u32) -> anyhow::Result<(Strin
     Ok((body, spent as f64 / f64::from(scrapes.max(1)) / 1e6))
 }
 
-/// CPU time of every thread of `pid`, in nanoseconds (schedstat: exact,
-/// unlike clock ticks).
+/// CPU time `pid` has used, in ns, its exited threads included: the
+/// process's CPU-time clock. (Summing /proc/PID/task/*/schedstat loses a
+/// thread's time when it exits, and the daemon's blocking-pool threads do,
+/// so such a sum can go backwards.)
 pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes one clockid_t into `clock`, which is ours.
+    let rc = unsafe { libc::clock_getcpuclockid(pid, &raw mut clock) };
+    if rc != 0 {
+        bail!(
+            "no CPU-time clock for pid {pid}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
     }
-    Ok(total)
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into `time`, which is ours.
+    if unsafe { libc::clock_gettime(clock, &raw mut time) } != 0 {
+        bail!(
+            "reading pid {pid}'s CPU time: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(u64::try_from(time.tv_sec)?.saturating_mul(1_000_000_000) + u64::try_from(time.tv_nsec)?)
 }
 
 /// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.

@@ -30,7 +30,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let agent = daemon::agent();
     let cpu_start = daemon::cpu_ns(daemon.pid)?;
     std::thread::sleep(plan.idle_window);
-    let cpu_idle = daemon::cpu_ns(daemon.pid)? - cpu_start;
+    let cpu_idle = daemon::cpu_ns(daemon.pid)?.saturating_sub(cpu_start);
     let scrapes = plan.scrape_window.as_secs();
     let cpu_before_scrapes = daemon::cpu_ns(daemon.pid)?;
     for _ in 0..scrapes {
@@ -40,7 +40,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             .context("scraping")?;
         std::thread::sleep(Duration::from_secs(1));
     }
-    let cpu_scraping = daemon::cpu_ns(daemon.pid)? - cpu_before_scrapes;
+    let cpu_scraping = daemon::cpu_ns(daemon.pid)?.saturating_sub(cpu_before_scrapes);
     let idle_per_second = cpu_idle as f64 / plan.idle_window.as_secs_f64();
     let per_scrape =
         (cpu_scraping as f64 - idle_per_second * scrapes as f64).max(0.0) / scrapes as f64;

@@ -7,9 +7,9 @@
 
 use super::{
     Plan, around, daemon,
-    programs::Attached,
+    programs::{self, Attached},
     programs_of,
-    report::{Peer, Report, Row, Target},
+    report::{Peer, Report, Row, Target, median},
     workloads,
 };
 
@@ -33,13 +33,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
                 Ok(daemon::start_with(&["--log-level", "debug"])?.holder)
             })
         };
-        let (off, on) = if round % 2 == 0 {
-            let off = off()?;
-            (off, on()?)
-        } else {
-            let on = on()?;
-            (off()?, on)
-        };
+        let (off, on) = programs::start_in_turn(round, off, on)?;
         let (before, after) =
             around(|| workloads::sched_pipe(plan.pipe_loops.div_ceil(2)).map(drop))?;
         let per_event = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
@@ -65,20 +59,13 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         report.push(Row::ratio(
             SECTION,
             &format!("{what} with diagnostics on (none firing), ns/event, median of {ROUNDS}"),
-            median(on),
-            Peer::new("diagnostics off (default)", median(off)),
+            (!on.is_empty()).then(|| median(&on)),
+            Peer::new(
+                "diagnostics off (default)",
+                (!off.is_empty()).then(|| median(&off)),
+            ),
             Target::None,
         ));
     }
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => values.get(n / 2).copied(),
-        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
-    }
 }

@@ -166,13 +166,7 @@ fn block_alternating(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
                 spawn("biolatency", &["3600"])
             })
         };
-        let (hostscope, biolatency) = if round % 2 == 0 {
-            let first = hostscope()?;
-            (first, biolatency()?)
-        } else {
-            let first = biolatency()?;
-            (hostscope()?, first)
-        };
+        let (hostscope, biolatency) = programs::start_in_turn(round, hostscope, biolatency)?;
         let (before, after) = around(|| {
             workloads::fio_randread(&device.path(), plan.fio_seconds.div_ceil(2)).map(drop)
         })?;

@@ -163,3 +163,21 @@ fn newest_object() -> anyhow::Result<std::path::PathBuf> {
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
         .context("no eBPF object under target/release/build: build first")
 }
+
+/// Starts two tools, `a` first on even rounds and `b` first on odd ones
+/// (the program that runs first on a tracepoint pays for bringing the
+/// event's data into the cache, so comparisons swap the order); returns
+/// them as `(a, b)` whichever started first.
+pub fn start_in_turn<T>(
+    round: usize,
+    a: impl FnOnce() -> anyhow::Result<T>,
+    b: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, T)> {
+    if round.is_multiple_of(2) {
+        let first = a()?;
+        Ok((first, b()?))
+    } else {
+        let first = b()?;
+        Ok((a()?, first))
+    }
+}

@@ -19,6 +19,7 @@ mod http;
 mod kernel_layout;
 mod kernel_log;
 mod logging;
+mod mapped_array;
 mod metrics;
 mod privileges;
 mod probes;

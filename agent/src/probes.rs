@@ -8,9 +8,13 @@ use crate::{
     cli::{CgroupArgs, MapArgs},
     kernel_layout,
     kernel_log::{self, KernelLog},
+    mapped_array::MappedArray,
 };
 use hostscope_common::{
-    block::{BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP, BlockStart},
+    block::{
+        self, BLOCK_LATENCY_BY_CGROUP_MAP, BLOCK_START_MAP, BLOCK_START_SLOTS_MAP, BlockSlot,
+        BlockStart,
+    },
     cgroup::{
         self, BLOCK_SERIES_PER_CGROUP, CGROUP_ADMITTED_MAP, CGROUP_EXCLUDED_ENTRIES,
         CGROUP_EXCLUDED_MAP, TCP_COUNTERS_PER_CGROUP, TCP_HISTOGRAMS_PER_CGROUP,
@@ -139,6 +143,9 @@ pub struct Probes {
     /// The reader of the programs' diagnostics, when the log wants them,
     /// until the command that runs takes it ([`Probes::take_kernel_log`]).
     kernel_log: Option<KernelLog>,
+    /// The block start slots, mapped to count the requests in flight; none
+    /// if the mapping failed (the count is then left out).
+    block_slots: Option<MappedArray>,
 }
 
 impl Probes {
@@ -193,6 +200,9 @@ impl Probes {
             // uses it, so letting aya create it untyped is all we need.
             .allow_unsupported_maps()
             .map_max_entries(BLOCK_START_MAP, maps.block_max_inflight);
+        let slots = maps.block_max_inflight;
+        loader.map_max_entries(BLOCK_START_SLOTS_MAP, slots);
+        globals.push((block::START_SLOTS_GLOBAL, slots));
         if cgroups.by_cgroup {
             let max = cgroups.cgroup_max;
             loader
@@ -231,11 +241,13 @@ impl Probes {
             true => KernelLog::take(&mut ebpf),
             false => None,
         };
+        let block_slots = map_block_slots(&ebpf, slots);
         Ok(Self {
             ebpf,
             layout_errors,
             btf: Some(btf),
             kernel_log,
+            block_slots,
         })
     }
 
@@ -485,6 +497,13 @@ impl Probes {
     /// read empty.
     pub fn in_flight_tables(&self) -> Vec<MapFill> {
         let mut fill = Vec::new();
+        if let Some(slots) = &self.block_slots {
+            fill.push(MapFill {
+                name: BLOCK_START_SLOTS_MAP,
+                entries: slots.count_nonzero_first_words() as u64,
+                capacity: slots.entries() as u64,
+            });
+        }
         if let Some(found) = self.fill_of::<u64, BlockStart>(BLOCK_START_MAP) {
             fill.push(found);
         }
@@ -527,6 +546,22 @@ impl Probes {
             .ok_or(AttachError::MissingMap(name))?;
         T::try_from(map).map_err(|reason| AttachError::MapType { name, reason })
     }
+}
+
+/// Maps the block start slots read-only; a slot is in use while its first
+/// word (the request) is not zero.
+fn map_block_slots(ebpf: &Ebpf, slots: u32) -> Option<MappedArray> {
+    let Some(Map::Array(data)) = ebpf.map(BLOCK_START_SLOTS_MAP) else {
+        return None;
+    };
+    MappedArray::new(data.fd(), size_of::<BlockSlot>(), slots as usize)
+        .inspect_err(|err| {
+            tracing::warn!(
+                "cannot map {BLOCK_START_SLOTS_MAP}: {err}; \
+                 hostscope_bpf_map_entries leaves it out"
+            );
+        })
+        .ok()
 }
 
 /// How full one map is.
@@ -677,6 +712,8 @@ mod tests {
         let maps = [
             block::BLOCK_LATENCY_MAP,
             block::BLOCK_START_MAP,
+            block::BLOCK_START_SLOTS_MAP,
+            block::BLOCK_START_SPILLED_MAP,
             block::BLOCK_DROPPED_MAP,
             block::BLOCK_DROPPED_UNKEYED_MAP,
             sched::RUNQ_LATENCY_MAP,
@@ -716,6 +753,7 @@ mod tests {
             block::offsets::REQUEST_STATE,
             block::offsets::QUEUE_DISK,
             block::offsets::DISK_MAJOR,
+            block::START_SLOTS_GLOBAL,
             tcp::offsets::TCP_SOCK_SRTT_US,
             tcp::offsets::SOCK_PROTOCOL,
             cgroup::globals::ENABLED,

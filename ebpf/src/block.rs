@@ -2,21 +2,28 @@
 //! driver (`block_rq_issue`) to its completion (`block_rq_complete`), per
 //! disk and operation.
 //!
-//! The start time is keyed by the `struct request` pointer: exact under
+//! The start time is kept by the `struct request` pointer: exact under
 //! concurrency and merges (a merged bio joins a request; the request is
-//! timed once). blk-mq preallocates requests per tag and reuses them, so an
-//! entry left by a request whose completion was never seen is overwritten at
-//! the tag's next use rather than kept forever. At completion, the disk and
-//! operation are read from the request through field offsets the daemon
-//! found in the kernel's BTF (no CO-RE in Rust eBPF yet).
+//! timed once). It goes in the slot of [`BLOCK_START_SLOTS`] the pointer
+//! hashes to, claimed and freed by compare-and-swap; only when another
+//! request in flight holds that slot does it go to the hash map
+//! [`BLOCK_START`] (the spill map). The slots halved the programs' cost
+//! against a hash map alone (see BENCHMARKS.md). blk-mq preallocates
+//! requests per tag and reuses them, so an entry left by a request whose
+//! completion was never seen is overwritten at the tag's next use rather
+//! than kept forever. At completion, the disk and operation are read from
+//! the request through field offsets the daemon found in the kernel's BTF
+//! (no CO-RE in Rust eBPF yet).
 //!
 //! Every request is either measured or counted as dropped, once:
-//! - A request issued while the start map is full is counted as dropped at
-//!   that issue, under its disk and operation.
+//! - A request issued while its slot is taken and the spill map is full is
+//!   counted as dropped at that issue, under its disk and operation.
 //! - A driver may bounce a started request back (`block_rq_requeue`) and
-//!   the block layer issues it again. A timed request keeps its entry and is
-//!   timed from its last issue. An untimed one gets a [`BLOCK_UNTIMED`]
-//!   entry, so that its next issue neither times it nor counts it twice.
+//!   the block layer issues it again. A timed request keeps its slot or
+//!   entry and is timed from its last issue. An untimed one gets a
+//!   [`BLOCK_UNTIMED`] entry in the spill map, so that its next issue
+//!   neither times it nor counts it twice (an issue looks in the spill map
+//!   first whenever it holds anything).
 //! - A request can trace more than one completion (a partial completion, or
 //!   the data part and then the end of a flush sequence): the first one with
 //!   an entry measures it, the later ones find none.
@@ -27,20 +34,20 @@
 
 use crate::{
     cgroup, diag,
-    maps::{count, load_at},
+    maps::{add, address_bits, compare_exchange, count, load_at},
 };
 use aya_ebpf::{
     Global,
-    bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
     block::{
         BLOCK_DROPPED_UNKEYED_SLOTS, BLOCK_LATENCY_ENTRIES, BLOCK_START_ENTRIES, BLOCK_UNTIMED,
-        BlockKey, BlockStart, MINOR_BITS, REQ_OP_MASK,
+        BlockKey, BlockSlot, BlockStart, MINOR_BITS, REQ_OP_MASK, slot_index,
     },
     cgroup::{CgroupKey, overflow_slot},
     histogram::Histogram,
@@ -57,13 +64,31 @@ static BLOCK_OFF_QUEUE_DISK: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static BLOCK_OFF_DISK_MAJOR: Global<u32> = Global::new(0);
 
-/// `EEXIST`, as map updates with `BPF_NOEXIST` return it (negated).
-const EEXIST: i32 = 17;
+/// Issue time and issuing cgroup of the requests in flight, each in the
+/// slot its `struct request *` hashes to; the daemon sizes it
+/// (`--block-max-inflight`). Array lookups are inlined by
+/// the verifier: a slot costs a few instructions and one compare-and-swap
+/// where a hash map insert, lookup and delete cost three helper calls, a
+/// bucket lock and a free-list pop and push (which move between CPUs when
+/// requests complete on another CPU than they were issued on).
+/// Memory-mappable, for the daemon to count the slots in use.
+#[map(name = "BLOCK_START_SLOTS")]
+static BLOCK_START_SLOTS: Array<BlockSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `BLOCK_START_SLOTS`' length, set by the daemon.
+#[unsafe(no_mangle)]
+static BLOCK_START_SLOTS_LEN: Global<u32> = Global::new(1);
 
 /// Issue time (monotonic ns, or [`BLOCK_UNTIMED`]) and issuing cgroup by
-/// `struct request *`. The daemon sizes it (`--block-max-inflight`).
+/// `struct request *`, for requests whose slot another request holds (and
+/// the marks of untimed requeued ones). The daemon sizes it
+/// (`--block-max-inflight`).
 #[map(name = "BLOCK_START")]
 static BLOCK_START: HashMap<u64, BlockStart> = HashMap::with_max_entries(BLOCK_START_ENTRIES, 0);
+
+/// The entries in [`BLOCK_START`], so that requests in slots skip it.
+#[map(name = "BLOCK_START_SPILLED")]
+static BLOCK_START_SPILLED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The histograms, one per (disk, operation), one copy per CPU. Not
 /// preallocated: a preallocated map would hold every possible entry on
@@ -102,26 +127,46 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let cgroup = if cgroup::enabled() {
+        cgroup::of_current()
+    } else {
+        0
+    };
     let start = BlockStart {
         issued_ns: now,
-        cgroup: if cgroup::enabled() {
-            cgroup::of_current()
-        } else {
-            0
-        },
+        cgroup,
     };
-    match BLOCK_START.insert(rq, start, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {}
-        // A requeued request issued again, or a stale entry.
-        Err(err) if err == -EEXIST => {
-            // SAFETY: the value is copied out at once.
-            let untimed =
-                unsafe { BLOCK_START.get(rq) }.is_some_and(|v| v.issued_ns == BLOCK_UNTIMED);
-            if !untimed {
-                // Replacing an existing entry cannot fail for lack of room.
-                let _ = BLOCK_START.insert(rq, start, u64::from(BPF_EXIST));
+    // A request already in the spill map (requeued, or stale) stays there.
+    if spilled() != 0 {
+        if let Some(entry) = BLOCK_START.get_ptr_mut(rq) {
+            // SAFETY: a map value; no other program touches this request's
+            // entry until this request completes.
+            unsafe {
+                if (*entry).issued_ns != BLOCK_UNTIMED {
+                    *entry = start;
+                }
             }
+            return 0;
         }
+    }
+    if let Some(slot) = slot_of(rq) {
+        // SAFETY: a map value, 8-byte aligned.
+        let holder = unsafe { compare_exchange(&raw mut (*slot).request, 0, rq) };
+        // Claimed now, or this request's own (requeued and issued again,
+        // or stale): either way it is timed from this issue.
+        if holder == 0 || holder == rq {
+            // SAFETY: the slot is this request's until its completion
+            // frees it; no other CPU writes it meanwhile.
+            unsafe {
+                (*slot).issued_ns = now;
+                (*slot).cgroup = cgroup;
+            }
+            return 0;
+        }
+    }
+    // The slot holds another request in flight.
+    match BLOCK_START.insert(rq, start, u64::from(BPF_NOEXIST)) {
+        Ok(()) => add_spilled(1),
         Err(err) => {
             diag::block_start_full(err);
             count_dropped_at_issue(rq);
@@ -136,15 +181,28 @@ pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     // A request bounced before it was started was never issued: nothing to do.
     let state: u32 = load_at(rq, BLOCK_OFF_REQUEST_STATE.load());
+    if state == 0 {
+        return 0;
+    }
+    // SAFETY: a map value, read once.
+    if slot_of(rq).is_some_and(|slot| unsafe { (*slot).request } == rq) {
+        return 0;
+    }
     // SAFETY: only tested for presence.
-    if state != 0 && unsafe { BLOCK_START.get(rq) }.is_none() {
-        // Issued untimed: already counted as dropped. If there is no room
-        // for the mark, its next issue may count it a second time.
-        let untimed = BlockStart {
-            issued_ns: BLOCK_UNTIMED,
-            cgroup: 0,
-        };
-        let _ = BLOCK_START.insert(rq, untimed, u64::from(BPF_NOEXIST));
+    if spilled() != 0 && unsafe { BLOCK_START.get(rq) }.is_some() {
+        return 0;
+    }
+    // Issued untimed: already counted as dropped. If there is no room for
+    // the mark, its next issue may count it a second time.
+    let untimed = BlockStart {
+        issued_ns: BLOCK_UNTIMED,
+        cgroup: 0,
+    };
+    if BLOCK_START
+        .insert(rq, untimed, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        add_spilled(1);
     }
     0
 }
@@ -153,11 +211,9 @@ pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
-    // SAFETY: the value is copied out at once.
-    let Some(&start) = (unsafe { BLOCK_START.get(rq) }) else {
+    let Some(start) = take_start(rq) else {
         return 0;
     };
-    let _ = BLOCK_START.remove(rq);
     if start.issued_ns == BLOCK_UNTIMED {
         return 0;
     }
@@ -202,6 +258,63 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's copy; BPF programs do not migrate mid-run.
     unsafe { crate::histogram::record(&mut *histogram, latency) };
     0
+}
+
+/// The start of a completing request, taken out of its slot or of the
+/// spill map; `None` if it was not timed (issued before the programs were
+/// attached, or its first completion already took it).
+#[inline(always)]
+fn take_start(rq: u64) -> Option<BlockStart> {
+    if let Some(slot) = slot_of(rq) {
+        // SAFETY: a map value; while it holds this request, only this
+        // completion writes it.
+        unsafe {
+            if (*slot).request == rq {
+                let start = BlockStart {
+                    issued_ns: (*slot).issued_ns,
+                    cgroup: (*slot).cgroup,
+                };
+                // Atomic, so that the reads above are done before another
+                // CPU can claim the slot.
+                compare_exchange(&raw mut (*slot).request, rq, 0);
+                return Some(start);
+            }
+        }
+    }
+    if spilled() == 0 {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    let start = *unsafe { BLOCK_START.get(rq) }?;
+    if BLOCK_START.remove(rq).is_ok() {
+        add_spilled(u64::MAX);
+    }
+    Some(start)
+}
+
+/// The slot `rq` hashes to.
+#[inline(always)]
+fn slot_of(rq: u64) -> Option<*mut BlockSlot> {
+    BLOCK_START_SLOTS.get_ptr_mut(slot_index(address_bits(rq), BLOCK_START_SLOTS_LEN.load()))
+}
+
+/// Entries in the spill map (read without a lock: an entry is counted
+/// before the request it belongs to can complete or be issued again).
+#[inline(always)]
+fn spilled() -> u64 {
+    // SAFETY: a map value, read once.
+    BLOCK_START_SPILLED
+        .get_ptr(0)
+        .map_or(0, |count| unsafe { core::ptr::read_volatile(count) })
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is -1) to the spill map's count.
+#[inline(always)]
+fn add_spilled(delta: u64) {
+    if let Some(count) = BLOCK_START_SPILLED.get_ptr_mut(0) {
+        // SAFETY: a map value, 8-byte aligned.
+        unsafe { add(count, delta) };
+    }
 }
 
 /// Counts a request issued untimed, under its disk and operation if there

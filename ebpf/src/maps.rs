@@ -67,3 +67,47 @@ pub unsafe fn add(target: *mut u64, value: u64) {
         )
     };
 }
+
+/// An atomic compare-and-swap (`BPF_ATOMIC | BPF_CMPXCHG`): if `*target`
+/// is `current`, writes `new`. Returns what `*target` held before, so the
+/// swap happened exactly when that is `current`. Asm for the same reason
+/// as [`add`]; the kernel has run the instruction since 5.12.
+///
+/// # Safety
+/// `target` must be valid and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn compare_exchange(target: *mut u64, current: u64, new: u64) -> u64 {
+    let mut previous = current;
+    // SAFETY: the caller's promise; the instruction touches only `*target`.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({0} + 0, r0, {1})",
+            in(reg) target,
+            in(reg) new,
+            inout("r0") previous,
+            options(nostack),
+        )
+    };
+    previous
+}
+
+/// The low 32 bits of a kernel pointer, as a number the verifier lets a
+/// program compute with (it refuses shifts and multiplications of a
+/// pointer). A 32-bit move is the one operation it allows on a pointer,
+/// to programs that may see addresses (CAP_PERFMON), and its result is a
+/// plain scalar. The register is named because the target has no `wreg`
+/// class without the alu32 feature; the instruction itself is in every
+/// kernel we support.
+#[inline(always)]
+pub fn address_bits(pointer: u64) -> u32 {
+    let bits: u64;
+    // SAFETY: a register move; no memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "w1 = w1",
+            inout("r1") pointer => bits,
+            options(pure, nomem, nostack),
+        )
+    };
+    bits as u32
+}

@@ -260,6 +260,28 @@ fn in_flight_tables_report_their_fill() {
         ),
         Some(10240.0)
     );
+    assert_eq!(
+        idle.value(
+            "hostscope_bpf_map_max_entries",
+            &[("map", "BLOCK_START_SLOTS")]
+        ),
+        Some(5000.0)
+    );
+
+    // fio keeps 4 x 64 requests in flight (the loop device takes 128 at a
+    // time): a scrape meanwhile finds some of them in the slots.
+    let device = hostscope_tests::blockdev::LoopDevice::create(64);
+    let slots_in_use = std::thread::scope(|scope| {
+        let fio = scope.spawn(|| device.fio(64, 4, 3));
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let in_use = entries(&daemon.scrape(), "BLOCK_START_SLOTS");
+        fio.join().expect("fio thread");
+        in_use
+    });
+    assert!(
+        slots_in_use > 0.0,
+        "no BLOCK_START_SLOTS in use while fio kept 256 requests in flight"
+    );
 
     let pair = NetnsPair::create();
     pair.set_b_reachable(false);

@@ -309,13 +309,13 @@ impl ScrapeTime {
         vec![
             Metric {
                 name: "hostscope_bpf_map_entries",
-                help: "Entries in each of hostscope's in-flight hash maps (a start time per block request or TCP connect in flight).",
+                help: "Entries in use in each of hostscope's in-flight tables (a start time per block request or TCP connect in flight): BLOCK_START_SLOTS, then BLOCK_START for requests whose slot was taken, and TCP_CONNECT_START.",
                 kind: Kind::Gauge,
                 series: series(|map| map.entries),
             },
             Metric {
                 name: "hostscope_bpf_map_max_entries",
-                help: "The most entries each of those maps holds; past it, new requests or connects are counted as dropped.",
+                help: "The most entries each of those tables holds; a request finding both block tables full, or a connect finding its table full, is counted as dropped.",
                 kind: Kind::Gauge,
                 series: series(|map| map.capacity),
             },

@@ -21,6 +21,15 @@ pub const TCP_COUNTERS: u32 = 3;
 
 /// Hash map: `struct sock *` -> connect start (ns), for connects in flight.
 pub const TCP_CONNECT_START_MAP: &str = "TCP_CONNECT_START";
+/// Per-CPU array of two `u64`s: entries put in [`TCP_CONNECT_START_MAP`]
+/// ([`CONNECT_STARTS_PUT`]) and taken out ([`CONNECT_STARTS_TAKEN`]). Their
+/// difference is its fill, which the daemon exports without walking the
+/// hash map (a walk visits every bucket, 16,384 of them).
+pub const TCP_CONNECT_START_FILL_MAP: &str = "TCP_CONNECT_START_FILL";
+/// Slot of [`TCP_CONNECT_START_FILL_MAP`]: entries put in.
+pub const CONNECT_STARTS_PUT: u32 = 0;
+/// Slot of [`TCP_CONNECT_START_FILL_MAP`]: entries taken out.
+pub const CONNECT_STARTS_TAKEN: u32 = 1;
 
 /// Connects in flight (SYN sent, no answer yet) that can be timed at once.
 pub const CONNECT_START_ENTRIES: u32 = 10_240;

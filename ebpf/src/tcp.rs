@@ -13,6 +13,7 @@ use crate::{
 };
 use aya_ebpf::{
     Global,
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
@@ -23,7 +24,7 @@ use hostscope_common::{
     histogram::Histogram,
     tcp::{
         CONNECT_DROPPED_COUNTER, CONNECT_FAILURES_COUNTER, CONNECT_SLOT, CONNECT_START_ENTRIES,
-        RETRANSMITS_COUNTER, RTT_SLOT, TCP_COUNTERS,
+        CONNECT_STARTS_PUT, CONNECT_STARTS_TAKEN, RETRANSMITS_COUNTER, RTT_SLOT, TCP_COUNTERS,
     },
 };
 
@@ -45,6 +46,14 @@ static TCP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(TCP_CO
 /// which removes its entry, so a full map means real overload and is counted.
 #[map(name = "TCP_CONNECT_START")]
 static TCP_CONNECT_START: HashMap<u64, u64> = HashMap::with_max_entries(CONNECT_START_ENTRIES, 0);
+
+/// Entries put in and taken out of [`TCP_CONNECT_START`], per CPU (only
+/// `inet_sock_set_state` writes them, and it does not nest on a CPU).
+#[map(name = "TCP_CONNECT_START_FILL")]
+static TCP_CONNECT_START_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `EEXIST`, as map updates with `BPF_NOEXIST` return it (negated).
+const EEXIST: i32 = 17;
 
 /// RTT and connect latency per socket cgroup (`--by-cgroup`); the daemon
 /// sizes it.
@@ -124,9 +133,17 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if new == TCP_SYN_SENT {
         // SAFETY: the helper has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        if let Err(err) = TCP_CONNECT_START.insert(sk, now, 0) {
-            diag::tcp_connect_start_full(err);
-            count(&TCP_COUNTERS_MAP, CONNECT_DROPPED_COUNTER);
+        match TCP_CONNECT_START.insert(sk, now, u64::from(BPF_NOEXIST)) {
+            Ok(()) => count(&TCP_CONNECT_START_FILL, CONNECT_STARTS_PUT),
+            // A socket whose entry outlived its connect (one cannot leave
+            // SYN_SENT unseen, but be safe): timed afresh, counted once.
+            Err(err) if err == -EEXIST => {
+                let _ = TCP_CONNECT_START.insert(sk, now, 0);
+            }
+            Err(err) => {
+                diag::tcp_connect_start_full(err);
+                count(&TCP_COUNTERS_MAP, CONNECT_DROPPED_COUNTER);
+            }
         }
         return 0;
     }
@@ -135,7 +152,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let Some(&started) = (unsafe { TCP_CONNECT_START.get(sk) }) else {
         return 0;
     };
-    let _ = TCP_CONNECT_START.remove(sk);
+    if TCP_CONNECT_START.remove(sk).is_ok() {
+        count(&TCP_CONNECT_START_FILL, CONNECT_STARTS_TAKEN);
+    }
     if new == TCP_ESTABLISHED {
         // SAFETY: the helper has no preconditions.
         let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);

@@ -22,16 +22,32 @@ pub struct ProcessStats {
 }
 
 impl ProcessStats {
-    /// Reads this process's numbers.
+    /// Reads this process's numbers. Each scrape reads the short
+    /// /proc/self/statm and the CPU-time clock: /proc/self/stat sums over
+    /// every thread and cost a tenth of a scrape. It is read once, for the
+    /// start time, which does not change.
     pub fn read() -> io::Result<Self> {
-        let stat = fs::read_to_string("/proc/self/stat")?;
-        let open_fds = open_fds()?;
-        let max_fds = crate::fd_limit::soft()?;
+        let page_size = rustix::param::page_size() as u64;
+        let (virtual_pages, resident_pages) = statm(&fs::read_to_string("/proc/self/statm")?)?;
+        let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Ok(Self {
+            cpu_seconds: cpu.tv_sec as f64 + cpu.tv_nsec as f64 * 1e-9,
+            resident_bytes: resident_pages.saturating_mul(page_size),
+            virtual_bytes: virtual_pages.saturating_mul(page_size),
+            open_fds: open_fds()?,
+            max_fds: crate::fd_limit::soft()?,
+            start_time_seconds: start_time()?,
+        })
+    }
+
+    /// This process's numbers from /proc/self/stat, which the tests compare
+    /// [`ProcessStats::read`] with.
+    fn read_stat() -> io::Result<Self> {
         Self::parse(
-            &stat,
+            &fs::read_to_string("/proc/self/stat")?,
             boot()?,
-            open_fds,
-            max_fds,
+            open_fds()?,
+            crate::fd_limit::soft()?,
             rustix::param::clock_ticks_per_second(),
             rustix::param::page_size() as u64,
         )
@@ -72,6 +88,28 @@ impl ProcessStats {
             start_time_seconds: boot_time as f64 + field(22)? as f64 / ticks,
         })
     }
+}
+
+/// The total and resident sizes, in pages, from a `/proc/PID/statm` line.
+fn statm(line: &str) -> io::Result<(u64, u64)> {
+    let mut fields = line.split_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(size)), Some(Ok(resident))) => Ok((size, resident)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected /proc/self/statm",
+        )),
+    }
+}
+
+/// When this process started, read once from /proc/self/stat.
+fn start_time() -> io::Result<f64> {
+    static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(start) = START.get() {
+        return Ok(*start);
+    }
+    let start = ProcessStats::read_stat()?.start_time_seconds;
+    Ok(*START.get_or_init(|| start))
 }
 
 /// Open file descriptors: the size of /proc/self/fd, which is their count
@@ -144,5 +182,42 @@ mod tests {
             .as_secs_f64();
         assert!(stats.start_time_seconds <= now + 1.0 && stats.start_time_seconds > now - 3600.0);
         assert_eq!(boot_time("cpu 1 2\nbtime 17\n").expect("btime"), 17);
+    }
+
+    /// The cheap reads say what /proc/self/stat says.
+    #[test]
+    fn statm_and_the_cpu_clock_agree_with_stat() {
+        let stat = ProcessStats::read_stat().expect("reads /proc/self/stat");
+        let cheap = ProcessStats::read().expect("reads /proc/self/statm");
+        let stat_again = ProcessStats::read_stat().expect("reads /proc/self/stat");
+        assert_eq!(cheap.start_time_seconds, stat.start_time_seconds);
+        // stat counts whole clock ticks; the clock counts nanoseconds.
+        let tick = 1.0 / rustix::param::clock_ticks_per_second() as f64;
+        assert!(
+            cheap.cpu_seconds >= stat.cpu_seconds - tick
+                && cheap.cpu_seconds <= stat_again.cpu_seconds + tick,
+            "{cheap:?} against {stat:?}"
+        );
+        let within = |value: u64, low: u64, high: u64| {
+            value >= low.min(high) * 9 / 10 && value <= low.max(high) * 11 / 10
+        };
+        assert!(
+            within(
+                cheap.virtual_bytes,
+                stat.virtual_bytes,
+                stat_again.virtual_bytes
+            ),
+            "{cheap:?} against {stat:?}"
+        );
+        assert!(
+            within(
+                cheap.resident_bytes,
+                stat.resident_bytes,
+                stat_again.resident_bytes
+            ),
+            "{cheap:?} against {stat:?}"
+        );
+        assert_eq!(statm("10 3 1 1 0 5 0\n").expect("parses"), (10, 3));
+        assert!(statm("x").is_err());
     }
 }

@@ -14,6 +14,11 @@ pub fn floor_sched_wakeup(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn floor_sched_wakeup_new(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn floor_block_rq_issue(_ctx: BtfTracePointContext) -> i32 {
     0

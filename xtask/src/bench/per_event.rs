@@ -28,9 +28,11 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     let tcp_bt = Attached::start("bpftrace tcp_probe histogram", 0, || {
         spawn("bpftrace", &["-e", TCP_BPFTRACE])
     })?;
-    let floor = Attached::start("empty tp_btf program", 4, || {
-        programs::load_floor(&programs::FLOOR_PROGRAMS)
-    })?;
+    let floor = Attached::start(
+        "empty tp_btf program",
+        programs::FLOOR_PROGRAMS.len(),
+        || programs::load_floor(&programs::FLOOR_PROGRAMS),
+    )?;
 
     let (before, after) = around(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;
     let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {

@@ -7,12 +7,22 @@
 //! that a drift in the machine's speed, which other people's work on a
 //! shared host causes, spreads over all of them instead of landing on
 //! whichever ran last.
+//!
+//! A tool's slowdown of these workloads is a few percent, less than bare
+//! runs vary among themselves (10-20% here), so throughput alone cannot
+//! rank the tools. A ratio of slowdowns is judged only when the peer's
+//! slowdown is larger than that spread; otherwise the row says "within
+//! noise". The direct cost comes from a last turn per tool with the
+//! kernel's program statistics on (off for the throughput turns, where
+//! they would add their own cost): the time the tool's programs ran, as a
+//! share of the CPU time the workload had. That share is what the tool
+//! takes from the workload directly, measured to the nanosecond.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
-    Plan, RUNQLAT_BPFTRACE, Starter, hostscope_starter, peer_starter,
-    programs::{self, Attached},
+    Plan, RUNQLAT_BPFTRACE, Starter, around, hostscope_starter, peer_starter,
+    programs::{self, Attached, BpfStats},
     report::{Peer, Report, Row, Target, median},
     workloads,
 };
@@ -120,6 +130,27 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         }
     }
 
+    // One more turn per tool, statistics on: the programs' share of CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut shares = vec![vec![f64::NAN; workloads.len()]; tools.len()];
+    {
+        let _stats = BpfStats::enable()?;
+        for (t, tool) in tools.iter().enumerate() {
+            let Some((expect, start)) = &tool.start else {
+                continue;
+            };
+            let attached = Attached::start(tool.label, *expect, start)?;
+            std::thread::sleep(SETTLE);
+            for (w, (_, run)) in workloads.iter().enumerate() {
+                let began = Instant::now();
+                let (before, after) = around(|| run().map(drop))?;
+                let cpu_ns = began.elapsed().as_nanos() as f64 * cpus;
+                let (program_ns, _) = attached.accrued(&before, &after, |_| true);
+                shares[t][w] = program_ns as f64 / cpu_ns;
+            }
+        }
+    }
+
     let bare_index = 0;
     let index = |label: &str| tools.iter().position(|t| t.label == label);
     for (w, (name, _)) in workloads.iter().enumerate() {
@@ -133,6 +164,13 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
                 Target::None,
             ));
         }
+        // Half the bare runs' spread, as a fraction of their median: a
+        // slowdown below it is not told apart from bare.
+        let noise = {
+            let lo = bare.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = bare.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (hi - lo) / 2.0 / median(bare)
+        };
         let slowdown = |label: &str| index(label).map(|t| 1.0 - median(&runs[t][w]) / median(bare));
         let ours = slowdown(HOSTSCOPE).unwrap_or(f64::NAN);
         for (peer, target) in [
@@ -145,6 +183,23 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
                 &format!("{name}: slowdown ratio, hostscope / {peer}"),
                 ours,
                 Peer::new(peer, slowdown(peer)),
+                noise,
+                target,
+            ));
+        }
+        let share = |label: &str| index(label).map(|t| shares[t][w]);
+        for (peer, target) in [
+            (RUNQLAT, AGAINST_RUNQLAT),
+            (RUNQLAT_BT, AGAINST_RUNQLAT),
+            (FLOOR, AGAINST_FLOOR),
+        ] {
+            report.push(Row::shares(
+                SECTION,
+                &format!(
+                    "{name}: CPU in the tool's programs, % of the workload's, hostscope / {peer}"
+                ),
+                share(HOSTSCOPE).unwrap_or(f64::NAN),
+                Peer::new(peer, share(peer)),
                 target,
             ));
         }

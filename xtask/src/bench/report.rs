@@ -167,17 +167,50 @@ impl Row {
 
     /// Our slowdown (the fraction of bare throughput lost) against a
     /// peer's, with the ratio ours/peer, which `target` judges. No ratio
-    /// when the peer's slowdown is not above zero: within the noise of bare
-    /// runs there is nothing to divide by.
+    /// when the peer's slowdown is not above `noise` (half the bare runs'
+    /// spread, as a fraction): there is nothing to divide by that the bare
+    /// runs could not show on their own.
     pub fn slowdowns(
         section: &str,
         metric: &str,
         ours: f64,
         peer: Peer<'_>,
+        noise: f64,
         target: Target,
     ) -> Row {
-        let ratio = peer.value.filter(|p| *p > 0.0).map(|p| ours / p);
+        let above_noise = peer.value.filter(|p| *p > noise.max(0.0));
+        let ratio = above_noise.map(|p| ours / p);
         let percent = |v: f64| format!("{:.1}%", v * 100.0);
+        Row {
+            section: section.into(),
+            metric: format!("{metric} (bare runs spread ±{})", percent(noise)),
+            value: percent(ours),
+            peer: format!(
+                "{}: {}",
+                peer.label,
+                peer.value.map_or("n/a".into(), percent)
+            ),
+            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            target: target.text(),
+            verdict: match ratio {
+                Some(_) => target.verdict(ratio),
+                None if peer.value.is_some() => "within noise",
+                None => target.verdict(None),
+            },
+        }
+    }
+
+    /// A share of CPU (a fraction) of ours against a peer's, as percents,
+    /// with the ratio ours/peer, which `target` judges.
+    pub fn shares(section: &str, metric: &str, ours: f64, peer: Peer<'_>, target: Target) -> Row {
+        let known = |v: f64| v.is_finite().then_some(v);
+        let ratio = known(ours)
+            .zip(peer.value.and_then(known).filter(|p| *p > 0.0))
+            .map(|(o, p)| o / p);
+        let percent = |v: f64| match known(v) {
+            Some(v) => format!("{:.2}%", v * 100.0),
+            None => "n/a".into(),
+        };
         Row {
             section: section.into(),
             metric: metric.into(),

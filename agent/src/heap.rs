@@ -9,6 +9,7 @@
 /// not return: a 30-minute soak grew to nine such arenas and 100 MiB.
 /// Two arenas keep threads mostly apart; their lock is not contended at the
 /// daemon's rate of allocation.
+#[cfg(target_env = "gnu")]
 const MAX_ARENAS: i32 = 2;
 
 /// Bounds the allocator's arenas; called first, before any thread starts.

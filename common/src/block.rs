@@ -61,7 +61,7 @@ pub const START_SLOTS_GLOBAL: &str = "BLOCK_START_SLOTS_LEN";
 /// it with a compare-and-swap of `request` and frees it the same way, so
 /// two CPUs never time two requests in one slot.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockSlot {
     /// The `struct request *` timed here, or 0.
     pub request: u64,
@@ -73,10 +73,6 @@ pub struct BlockSlot {
     pub _reserved: u64,
 }
 
-#[cfg(feature = "user")]
-// SAFETY: `repr(C)`, four `u64`s (no padding), and any bit pattern is valid.
-unsafe impl aya::Pod for BlockSlot {}
-
 /// A start-map entry: when a request was issued, and by which cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +82,6 @@ pub struct BlockStart {
     /// The cgroup of the task that issued it (`--by-cgroup`), else 0.
     pub cgroup: u64,
 }
-
-#[cfg(feature = "user")]
-// SAFETY: `repr(C)`, two `u64`s (no padding), and any bit pattern is valid.
-unsafe impl aya::Pod for BlockStart {}
 
 /// Names of the load-time constants: byte offsets of the kernel fields the
 /// completion program reads, found in the kernel's BTF by the daemon.

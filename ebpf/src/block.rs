@@ -137,17 +137,15 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> i32 {
         cgroup,
     };
     // A request already in the spill map (requeued, or stale) stays there.
-    if spilled() != 0 {
-        if let Some(entry) = BLOCK_START.get_ptr_mut(rq) {
-            // SAFETY: a map value; no other program touches this request's
-            // entry until this request completes.
-            unsafe {
-                if (*entry).issued_ns != BLOCK_UNTIMED {
-                    *entry = start;
-                }
+    if let Some(entry) = spilled_entry(rq) {
+        // SAFETY: a map value; no other program touches this request's
+        // entry until this request completes.
+        unsafe {
+            if (*entry).issued_ns != BLOCK_UNTIMED {
+                *entry = start;
             }
-            return 0;
         }
+        return 0;
     }
     if let Some(slot) = slot_of(rq) {
         // SAFETY: a map value, 8-byte aligned.
@@ -184,12 +182,8 @@ pub fn block_rq_requeue(ctx: BtfTracePointContext) -> i32 {
     if state == 0 {
         return 0;
     }
-    // SAFETY: a map value, read once.
-    if slot_of(rq).is_some_and(|slot| unsafe { (*slot).request } == rq) {
-        return 0;
-    }
-    // SAFETY: only tested for presence.
-    if spilled() != 0 && unsafe { BLOCK_START.get(rq) }.is_some() {
+    // Timed, or marked already.
+    if own_slot(rq).is_some() || spilled_entry(rq).is_some() {
         return 0;
     }
     // Issued untimed: already counted as dropped. If there is no room for
@@ -265,27 +259,22 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> i32 {
 /// attached, or its first completion already took it).
 #[inline(always)]
 fn take_start(rq: u64) -> Option<BlockStart> {
-    if let Some(slot) = slot_of(rq) {
+    if let Some(slot) = own_slot(rq) {
         // SAFETY: a map value; while it holds this request, only this
         // completion writes it.
         unsafe {
-            if (*slot).request == rq {
-                let start = BlockStart {
-                    issued_ns: (*slot).issued_ns,
-                    cgroup: (*slot).cgroup,
-                };
-                // Atomic, so that the reads above are done before another
-                // CPU can claim the slot.
-                compare_exchange(&raw mut (*slot).request, rq, 0);
-                return Some(start);
-            }
+            let start = BlockStart {
+                issued_ns: (*slot).issued_ns,
+                cgroup: (*slot).cgroup,
+            };
+            // Atomic, so that the reads above are done before another CPU
+            // can claim the slot.
+            compare_exchange(&raw mut (*slot).request, rq, 0);
+            return Some(start);
         }
     }
-    if spilled() == 0 {
-        return None;
-    }
     // SAFETY: the value is copied out at once.
-    let start = *unsafe { BLOCK_START.get(rq) }?;
+    let start = unsafe { *spilled_entry(rq)? };
     if BLOCK_START.remove(rq).is_ok() {
         add_spilled(u64::MAX);
     }
@@ -296,6 +285,22 @@ fn take_start(rq: u64) -> Option<BlockStart> {
 #[inline(always)]
 fn slot_of(rq: u64) -> Option<*mut BlockSlot> {
     BLOCK_START_SLOTS.get_ptr_mut(slot_index(address_bits(rq), BLOCK_START_SLOTS_LEN.load()))
+}
+
+/// The slot `rq` hashes to, if `rq` holds it.
+#[inline(always)]
+fn own_slot(rq: u64) -> Option<*mut BlockSlot> {
+    // SAFETY: a map value, read once.
+    slot_of(rq).filter(|&slot| unsafe { (*slot).request } == rq)
+}
+
+/// `rq`'s entry in the spill map; no lookup while the map is empty.
+#[inline(always)]
+fn spilled_entry(rq: u64) -> Option<*mut BlockStart> {
+    if spilled() == 0 {
+        return None;
+    }
+    BLOCK_START.get_ptr_mut(rq)
 }
 
 /// Entries in the spill map (read without a lock: an entry is counted

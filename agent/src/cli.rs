@@ -422,9 +422,8 @@ pub struct MapArgs {
     /// Block requests that can surely be timed at once, over all disks
     /// together. Each request is timed in one of N slots, picked by its
     /// address (32 bytes each), or, when that slot is taken, in a table of
-    /// N more (about 100 bytes each). A
-    /// request that finds both full is not measured; it is counted in
-    /// hostscope_block_io_dropped_total.
+    /// N more (about 100 bytes each). A request that finds both full is not
+    /// measured; it is counted in hostscope_block_io_dropped_total.
     #[arg(long, env = "HOSTSCOPE_BLOCK_MAX_INFLIGHT", value_name = "N",
           default_value_t = hostscope_common::block::BLOCK_START_ENTRIES,
           value_parser = parse_max_inflight)]

@@ -45,7 +45,7 @@ impl ProcessStats {
     fn read_stat() -> io::Result<Self> {
         Self::parse(
             &fs::read_to_string("/proc/self/stat")?,
-            boot()?,
+            boot_time(&fs::read_to_string("/proc/stat")?)?,
             open_fds()?,
             crate::fd_limit::soft()?,
             rustix::param::clock_ticks_per_second(),
@@ -102,7 +102,10 @@ fn statm(line: &str) -> io::Result<(u64, u64)> {
     }
 }
 
-/// When this process started, read once from /proc/self/stat.
+/// When this process started, read once from /proc/self/stat: /proc/stat
+/// (for the boot time) is long, a count per interrupt, and the boot time
+/// it shows moves when the wall clock is set, which should not move the
+/// daemon's start time.
 fn start_time() -> io::Result<f64> {
     static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     if let Some(start) = START.get() {
@@ -121,18 +124,6 @@ fn open_fds() -> io::Result<u64> {
         0 => Ok(fs::read_dir("/proc/self/fd")?.count() as u64),
         count => Ok(count),
     }
-}
-
-/// The boot time, read once: /proc/stat is long (a count per interrupt),
-/// and the boot time it shows moves only when the wall clock is set,
-/// which should not move the daemon's start time either.
-fn boot() -> io::Result<u64> {
-    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    if let Some(boot) = BOOT.get() {
-        return Ok(*boot);
-    }
-    let boot = boot_time(&fs::read_to_string("/proc/stat")?)?;
-    Ok(*BOOT.get_or_init(|| boot))
 }
 
 /// The boot time (`btime`) from `/proc/stat`, in seconds since the epoch.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::{
     Plan, RUNQLAT_BPFTRACE, Starter, around, hostscope_starter, peer_starter,
     programs::{self, Attached, BpfStats},
-    report::{Peer, Report, Row, Target, median},
+    report::{Peer, Report, Row, Target, extremes, median},
     workloads,
 };
 
@@ -41,6 +41,13 @@ const RUNQLAT_BT: &str = "bpftrace runqlat";
 const AGAINST_RUNQLAT: Target = Target::RatioAtMost(0.5);
 /// ...and at most half as much again as empty programs on its tracepoints.
 const AGAINST_FLOOR: Target = Target::RatioAtMost(1.5);
+
+/// The tools hostscope is compared with, and the target of each ratio.
+const COMPARED: [(&str, Target); 3] = [
+    (RUNQLAT, AGAINST_RUNQLAT),
+    (RUNQLAT_BT, AGAINST_RUNQLAT),
+    (FLOOR, AGAINST_FLOOR),
+];
 
 /// One way of running the workloads: bare, or with a tool attached.
 struct Tool {
@@ -167,17 +174,12 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         // Half the bare runs' spread, as a fraction of their median: a
         // slowdown below it is not told apart from bare.
         let noise = {
-            let lo = bare.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = bare.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = extremes(bare);
             (hi - lo) / 2.0 / median(bare)
         };
         let slowdown = |label: &str| index(label).map(|t| 1.0 - median(&runs[t][w]) / median(bare));
         let ours = slowdown(HOSTSCOPE).unwrap_or(f64::NAN);
-        for (peer, target) in [
-            (RUNQLAT, AGAINST_RUNQLAT),
-            (RUNQLAT_BT, AGAINST_RUNQLAT),
-            (FLOOR, AGAINST_FLOOR),
-        ] {
+        for (peer, target) in COMPARED {
             report.push(Row::slowdowns(
                 SECTION,
                 &format!("{name}: slowdown ratio, hostscope / {peer}"),
@@ -188,11 +190,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
             ));
         }
         let share = |label: &str| index(label).map(|t| shares[t][w]);
-        for (peer, target) in [
-            (RUNQLAT, AGAINST_RUNQLAT),
-            (RUNQLAT_BT, AGAINST_RUNQLAT),
-            (FLOOR, AGAINST_FLOOR),
-        ] {
+        for (peer, target) in COMPARED {
             report.push(Row::shares(
                 SECTION,
                 &format!(

@@ -90,6 +90,27 @@ impl<'a> Peer<'a> {
     pub fn new(label: &'a str, value: Option<f64>) -> Peer<'a> {
         Peer { label, value }
     }
+
+    /// The peer column: its name and its figure as `figure` writes it.
+    fn shown(&self, figure: impl Fn(f64) -> String) -> String {
+        format!(
+            "{}: {}",
+            self.label,
+            self.value.map_or("n/a".into(), figure)
+        )
+    }
+}
+
+/// The ratio column.
+fn ratio_text(ratio: Option<f64>) -> String {
+    ratio.map_or("n/a".into(), |r| format!("{r:.2}x"))
+}
+
+/// The smallest and the largest of `values`.
+pub fn extremes(values: &[f64]) -> (f64, f64) {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
 }
 
 /// One line of the table.
@@ -118,12 +139,8 @@ impl Row {
             section: section.into(),
             metric: metric.into(),
             value: ours.map_or("n/a".into(), |v| format!("{v:.0}")),
-            peer: format!(
-                "{}: {}",
-                peer.label,
-                peer.value.map_or("n/a".into(), |v| format!("{v:.0}"))
-            ),
-            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            peer: peer.shown(|v| format!("{v:.0}")),
+            ratio: ratio_text(ratio),
             target: target.text(),
             verdict: target.verdict(ratio),
         }
@@ -142,8 +159,7 @@ impl Row {
         let (with_median, bare_median) = (median(with), median(bare));
         let ratio = with_median / bare_median;
         let spread = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = extremes(v);
             format!("{:.3}..{:.3}", lo / bare_median, hi / bare_median)
         };
         // Throughputs of a few runs a second need their decimals.
@@ -185,12 +201,8 @@ impl Row {
             section: section.into(),
             metric: format!("{metric} (bare runs spread ±{})", percent(noise)),
             value: percent(ours),
-            peer: format!(
-                "{}: {}",
-                peer.label,
-                peer.value.map_or("n/a".into(), percent)
-            ),
-            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            peer: peer.shown(percent),
+            ratio: ratio_text(ratio),
             target: target.text(),
             verdict: match ratio {
                 Some(_) => target.verdict(ratio),
@@ -215,12 +227,8 @@ impl Row {
             section: section.into(),
             metric: metric.into(),
             value: percent(ours),
-            peer: format!(
-                "{}: {}",
-                peer.label,
-                peer.value.map_or("n/a".into(), percent)
-            ),
-            ratio: ratio.map_or("n/a".into(), |r| format!("{r:.2}x")),
+            peer: peer.shown(percent),
+            ratio: ratio_text(ratio),
             target: target.text(),
             verdict: target.verdict(ratio),
         }

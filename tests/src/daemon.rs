@@ -364,3 +364,17 @@ pub fn proc_limit(pid: &str, row: &str) -> (String, String) {
 pub fn proc_entries(pid: u32, dir: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, Iterator::count)
 }
+
+/// The names of process `pid`'s threads, for a failure message.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .map_or_else(|_| "?".to_owned(), |name| name.trim().to_owned())
+        })
+        .collect()
+}

@@ -19,7 +19,7 @@ use std::{
 };
 
 use hostscope_tests::{
-    daemon::{Daemon, proc_entries, proc_limit, proc_status},
+    daemon::{Daemon, proc_entries, proc_limit, proc_status, thread_names},
     programs::{self, Running, SYSCALL_LOOP},
 };
 use object::{Object as _, ObjectSection as _};
@@ -239,7 +239,8 @@ fn fifo_in_place_of_a_deleted_library_cannot_hang_the_profiler() {
     assert_eq!(
         after,
         (threads, fds),
-        "threads and fds before: {threads}, {fds}"
+        "threads and fds before: {threads}, {fds}; threads now: {:?}",
+        thread_names(pid)
     );
 }
 

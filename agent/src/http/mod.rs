@@ -257,17 +257,32 @@ async fn respond(
         Ok(request) => profiler.capture(request).await,
         Err(err) => Err(err),
     };
+    // Once the capture's memory is free, it is given back to the kernel,
+    // after the answer is ready, so that the client does not wait for it.
     let rendered = match result {
         // Rendering a large flame graph takes a while: not on the async
-        // workers, which keep answering scrapes meanwhile.
-        Ok(profile) => tokio::task::spawn_blocking(move || finish(profile, render))
-            .await
-            .unwrap_or_else(|err| Err(ProfileError::Failed(format!("rendering failed: {err}")))),
-        Err(err) => Err(err),
+        // workers, which keep answering scrapes meanwhile. The memory is
+        // given back by the same blocking task: a second task, spawned
+        // when the render's result arrived, found its thread not yet back
+        // in the pool and started another (idle for 10 s, a thread more
+        // than before the profile).
+        Ok(profile) => {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = answer.send(finish(profile, render));
+                crate::heap::release_free();
+            }));
+            answered.await.unwrap_or_else(|_| {
+                Err(ProfileError::Failed(
+                    "rendering failed: the render task ended without an answer".into(),
+                ))
+            })
+        }
+        Err(err) => {
+            drop(tokio::task::spawn_blocking(crate::heap::release_free));
+            Err(err)
+        }
     };
-    // The capture's memory is free now; give it back (after the answer is
-    // ready, so that the client does not wait for it).
-    drop(tokio::task::spawn_blocking(crate::heap::release_free));
     match rendered {
         Ok((body, dropped)) => (
             [

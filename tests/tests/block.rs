@@ -269,6 +269,38 @@ fn small_start_map_counts_every_request_once() {
     }
 }
 
+/// With 32 slots and 32 spill entries, fio's 4 x 64 requests (the loop
+/// device takes 128 at a time) overflow the slots into the spill map. Its
+/// fill, which the programs count instead of the daemon walking the map,
+/// shows entries in use but never more than the map holds, and falls back
+/// once fio is done.
+#[test]
+fn spill_map_fill_is_counted_while_requests_spill() {
+    let daemon = Daemon::start_with("block", &["--block-max-inflight", "32"]);
+    let device = LoopDevice::create(256);
+    let spilled = |exposition: &Exposition| {
+        exposition
+            .value("hostscope_bpf_map_entries", &[("map", "BLOCK_START")])
+            .expect("a hostscope_bpf_map_entries series for BLOCK_START")
+    };
+    let during = std::thread::scope(|scope| {
+        let fio = scope.spawn(|| device.fio(64, 4, 3));
+        std::thread::sleep(Duration::from_millis(1500));
+        let during = spilled(&daemon.scrape());
+        fio.join().expect("fio thread");
+        during
+    });
+    let after = spilled(&daemon.scrape());
+    assert!(
+        during > 0.0 && during <= 32.0,
+        "BLOCK_START holds {during} of 32 entries while 128 requests are in flight"
+    );
+    assert!(
+        after < during,
+        "BLOCK_START holds {after} entries after fio, {during} during it"
+    );
+}
+
 /// `hostscope hist block` counts the reads done on a fresh loop device
 /// during its interval exactly, under that device's name and `op` read.
 #[test]

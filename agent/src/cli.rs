@@ -538,7 +538,8 @@ fn parse_max_connections(text: &str) -> Result<usize, String> {
 }
 
 fn parse_max_inflight(text: &str) -> Result<u32, String> {
-    // 16 Mi requests, about 1.6 GiB of kernel memory: far beyond any host.
+    // 16 Mi requests, about 2.1 GiB of kernel memory (slots and spill
+    // map): far beyond any host.
     let n = parse_count(text, 1, 1 << 24, "requests in flight")?;
     u32::try_from(n).map_err(|_| format!("`{text}` is too large"))
 }

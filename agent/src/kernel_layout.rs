@@ -5,7 +5,7 @@
 //! binary correct across kernels whose structs differ.
 
 use crate::btf::{Btf, BtfError};
-use hostscope_common::{block, cgroup::globals, tcp};
+use hostscope_common::{block, cgroup::globals, sched, tcp};
 
 /// A field could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,41 @@ pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
     ])
 }
 
+/// Offsets the scheduler program needs: `next->sched_info.last_queued`,
+/// and `next->se.cfs_rq->rq->clock` for the clock it was stamped with.
+/// Kernels without `CONFIG_SCHED_INFO` (no schedstat) or without
+/// `CONFIG_FAIR_GROUP_SCHED` (no cgroup `cpu` controller) lack a field.
+pub fn sched(btf: &Btf) -> Result<Offsets, LayoutError> {
+    sched_fields(btf).map_err(|err| match err {
+        LayoutError::Missing { strukt, member } => LayoutError::Unexpected(format!(
+            "this kernel has no `{strukt}.{member}` field: the run-queue probe needs a \
+             kernel built with CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED"
+        )),
+        other => other,
+    })
+}
+
+fn sched_fields(btf: &Btf) -> Result<Offsets, LayoutError> {
+    use sched::offsets;
+    let sched_info = embedded_struct(btf, "task_struct", "sched_info", "sched_info")?;
+    let se = embedded_struct(btf, "task_struct", "se", "sched_entity")?;
+    Ok(vec![
+        (
+            offsets::TASK_LAST_QUEUED,
+            sched_info + field(btf, "sched_info", "last_queued", 8)?,
+        ),
+        (
+            offsets::TASK_CFS_RQ,
+            se + pointer_field(btf, "sched_entity", "cfs_rq", "cfs_rq")?,
+        ),
+        (
+            offsets::CFS_RQ_RQ,
+            pointer_field(btf, "cfs_rq", "rq", "rq")?,
+        ),
+        (offsets::RQ_CLOCK, field(btf, "rq", "clock", 8)?),
+    ])
+}
+
 /// Offsets the TCP programs need, after checking the types they rely on.
 pub fn tcp(btf: &Btf) -> Result<Offsets, LayoutError> {
     use tcp::offsets;
@@ -112,12 +147,7 @@ pub fn task_cgroup(btf: &Btf) -> Result<Offsets, LayoutError> {
 /// `sk->sk_cgrp_data.cgroup->kn->id`. Kernels before 5.15 keep the cgroup
 /// in a tagged word instead, and lack the `cgroup` member.
 pub fn sock_cgroup(btf: &Btf) -> Result<Offsets, LayoutError> {
-    let data = btf
-        .member("sock", "sk_cgrp_data")
-        .map_err(|_| LayoutError::Missing {
-            strukt: "sock",
-            member: "sk_cgrp_data",
-        })?;
+    let data = member_of(btf, "sock", "sk_cgrp_data")?;
     let cgroup = pointer_field(btf, "sock_cgroup_data", "cgroup", "cgroup")?;
     let mut offsets = vec![(globals::SOCK_CGROUP, data.offset + cgroup)];
     offsets.extend(cgroup_id(btf)?);
@@ -148,6 +178,16 @@ pub fn kernel_btf(path: &std::path::Path, read: Option<Vec<u8>>) -> Result<Btf, 
     })
 }
 
+/// `strukt.member`, looking through anonymous members as C does.
+fn member_of(
+    btf: &Btf,
+    strukt: &'static str,
+    member: &'static str,
+) -> Result<crate::btf::Member, LayoutError> {
+    btf.member(strukt, member)
+        .map_err(|_| LayoutError::Missing { strukt, member })
+}
+
 /// The byte offset of `strukt.member` (looking through anonymous members
 /// as C does), checked to be `size` bytes wide: what the program reads.
 fn field(
@@ -156,15 +196,30 @@ fn field(
     member: &'static str,
     size: u32,
 ) -> Result<u32, LayoutError> {
-    let found = btf
-        .member(strukt, member)
-        .map_err(|_| LayoutError::Missing { strukt, member })?;
+    let found = member_of(btf, strukt, member)?;
     match btf.size_of(found.type_id) {
         Ok(actual) if actual == size => Ok(found.offset),
         Ok(actual) => Err(LayoutError::Unexpected(format!(
             "{strukt}.{member} is {actual} bytes, the probes read {size}"
         ))),
         Err(err) => Err(LayoutError::Unexpected(format!("{strukt}.{member}: {err}"))),
+    }
+}
+
+/// The byte offset of `strukt.member`, checked to be a `struct target`
+/// embedded by value.
+fn embedded_struct(
+    btf: &Btf,
+    strukt: &'static str,
+    member: &'static str,
+    target: &str,
+) -> Result<u32, LayoutError> {
+    let found = member_of(btf, strukt, member)?;
+    match btf.resolve(found.type_id) {
+        Ok(id) if btf.type_name(id) == format!("struct {target}") => Ok(found.offset),
+        _ => Err(LayoutError::Unexpected(format!(
+            "{strukt}.{member} is not a struct {target}"
+        ))),
     }
 }
 
@@ -175,9 +230,7 @@ fn pointer_field(
     member: &'static str,
     target: &str,
 ) -> Result<u32, LayoutError> {
-    let found = btf
-        .member(strukt, member)
-        .map_err(|_| LayoutError::Missing { strukt, member })?;
+    let found = member_of(btf, strukt, member)?;
     match btf.pointee_struct_name(found.type_id) {
         Ok(Some(name)) if name == target => Ok(found.offset),
         _ => Err(LayoutError::Unexpected(format!(

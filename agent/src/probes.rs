@@ -117,11 +117,11 @@ type LayoutFn =
 /// The layouts each collector needs, with `--by-cgroup` or without.
 const LAYOUTS: [(&str, LayoutFn); 3] = [
     ("sched", |btf, by_cgroup| {
+        let mut offsets = kernel_layout::sched(btf)?;
         if by_cgroup {
-            kernel_layout::task_cgroup(btf)
-        } else {
-            Ok(Vec::new())
+            offsets.extend(kernel_layout::task_cgroup(btf)?);
         }
+        Ok(offsets)
     }),
     // Block I/O takes the cgroup of the running task from a helper.
     ("block", |btf, _| kernel_layout::block(btf)),
@@ -188,11 +188,7 @@ impl Probes {
             }
             Err(err) => {
                 for (collector, _) in LAYOUTS {
-                    // The scheduler programs read kernel fields only to
-                    // find a task's cgroup.
-                    if collector != "sched" || cgroups.by_cgroup {
-                        layout_errors.push((collector, err.to_string()));
-                    }
+                    layout_errors.push((collector, err.to_string()));
                 }
             }
         }
@@ -763,9 +759,9 @@ mod tests {
         ];
         let mut programs = vec![profile::PROFILE_PROGRAM, profile::OFFCPU_PROGRAM];
         for list in [
-            &block::BLOCK_PROGRAMS,
-            &sched::SCHED_PROGRAMS,
-            &tcp::TCP_PROGRAMS,
+            &block::BLOCK_PROGRAMS[..],
+            &sched::SCHED_PROGRAMS[..],
+            &tcp::TCP_PROGRAMS[..],
         ] {
             programs.extend(list.iter().map(|(program, _)| *program));
         }
@@ -777,6 +773,10 @@ mod tests {
             block::offsets::QUEUE_DISK,
             block::offsets::DISK_MAJOR,
             block::START_SLOTS_GLOBAL,
+            sched::offsets::TASK_LAST_QUEUED,
+            sched::offsets::TASK_CFS_RQ,
+            sched::offsets::CFS_RQ_RQ,
+            sched::offsets::RQ_CLOCK,
             tcp::offsets::TCP_SOCK_SRTT_US,
             tcp::offsets::SOCK_PROTOCOL,
             cgroup::globals::ENABLED,

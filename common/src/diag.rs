@@ -42,16 +42,14 @@ pub mod kind {
     pub const CGROUP_ADMITTED_FULL: u32 = 5;
     /// A per-cgroup map full, "other" included: an event lost.
     pub const CGROUP_SERIES_FULL: u32 = 6;
-    /// Task storage refused for a waking task: its wait is not timed.
-    pub const RUNQ_STORAGE: u32 = 7;
     /// A stack id could not be had (stack map full, or a collision).
-    pub const PROFILE_STACK: u32 = 8;
+    pub const PROFILE_STACK: u32 = 7;
     /// `PROFILE_COUNTS` full: a sample or off-CPU time lost.
-    pub const PROFILE_COUNTS_FULL: u32 = 9;
+    pub const PROFILE_COUNTS_FULL: u32 = 8;
     /// The user-stack ring full: a frame-pointer walk instead of a copy.
-    pub const PROFILE_RING_FULL: u32 = 10;
+    pub const PROFILE_RING_FULL: u32 = 9;
     /// Task storage refused for a blocking task: its off-CPU time is lost.
-    pub const OFFCPU_STORAGE: u32 = 11;
+    pub const OFFCPU_STORAGE: u32 = 10;
     /// Number of kinds.
-    pub const KINDS: u32 = 12;
+    pub const KINDS: u32 = 11;
 }

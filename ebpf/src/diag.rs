@@ -192,17 +192,6 @@ diagnostic! {
 }
 
 diagnostic! {
-    /// Task storage refused a slot for a task that starts waiting.
-    runq_storage => log_runq_storage(),
-    kind: kind::RUNQ_STORAGE,
-    target: "sched",
-    "{}: task storage refused (out of memory, or another BPF program using task \
-     storage on this CPU): {}",
-    "RUNQ_ENQUEUED",
-    "this run-queue wait is not measured"
-}
-
-diagnostic! {
     /// `bpf_get_stackid` failed with `err` (other than "no user stack").
     profile_stack => log_profile_stack(err: i32),
     kind: kind::PROFILE_STACK,

@@ -1,21 +1,12 @@
-//! Empty programs on the scheduler's and block layer's tracepoints: the floor that `cargo
-//! xtask bench` measures our programs against (the cost of merely being
-//! attached). The daemon never attaches them.
+//! Empty programs on the tracepoints of hostscope's scheduler and block
+//! programs: the floor that `cargo xtask bench` measures our programs
+//! against (the cost of merely being attached). The daemon never attaches
+//! them.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn floor_sched_switch(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn floor_sched_wakeup(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn floor_sched_wakeup_new(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

@@ -35,20 +35,17 @@ fn runq(daemon: &Daemon) -> HistogramSample {
 /// count and sum over that window must match what the kernel accounted for
 /// every thread on the system over the same window.
 ///
-/// Tolerances: count within 2%; sum within 3% plus 4 us per wait. The two
-/// sides observe the same switches, but (a) the kernel starts a wait at
-/// enqueue and ends it with the rq clock read at the top of `__schedule`,
-/// while the probe reads the monotonic clock at the sched_wakeup and
-/// sched_switch tracepoints. That skews every wait by an amount whose sign
-/// and size vary from run to run and machine to machine: from -2.8 to +3.4
-/// us per wait on these VMs (counts agreeing within 0.1% each time), which
-/// over the ping-pong's ~300k waits of a few us each moves the sums by up
-/// to 9%. (b) Threads that exit during the
-/// window vanish from /proc, and the test's own reads of /proc and the scrape
-/// run just outside one window or the other. The margin absorbs both without
-/// hiding a real miscount: a missed requeue path loses the spinners' ~6 s of
-/// waiting, a stale start stamp adds milliseconds to a wait, and a unit slip
-/// is a factor of 1000.
+/// Tolerances: count within 1%, sum within 3%. The probe reads the
+/// kernel's own stamps (`sched_info.last_queued` and the run queue's clock),
+/// so each wait it records is the one schedstat adds up. What differs: (a)
+/// a wait that moves to another CPU's run queue is split by the kernel, and
+/// the probe records only the part on the queue it ends on; (b) threads
+/// that exit during the window vanish from /proc, and the test's own reads
+/// of /proc and the scrape run just outside one window or the other (tens
+/// of waits out of hundreds of thousands). The margin absorbs both without
+/// hiding a real miscount: a missed requeue path loses the spinners' ~6 s
+/// of waiting, a wrong clock or field adds milliseconds to a wait, and a
+/// unit slip is a factor of 1000.
 #[test]
 fn histogram_matches_schedstat_of_all_threads() {
     let daemon = Daemon::start("sched");
@@ -83,22 +80,9 @@ fn histogram_matches_schedstat_of_all_threads() {
         workload_wait > 3_000_000_000,
         "the pinned threads waited only {workload_wait} ns; is CPU 0 online?"
     );
-    assert_close("waits counted", count, kernel.timeslices as f64, 0.02);
-    let kernel_ns = kernel.run_delay_ns as f64;
-    let allowed_ns = 0.03 * kernel_ns + PER_WAIT_SKEW_NS * kernel.timeslices as f64;
-    assert!(
-        (sum_ns - kernel_ns).abs() <= allowed_ns,
-        "total wait: probes {sum_ns:.0} ns, kernel {kernel_ns:.0} ns; allowed difference \
-         {allowed_ns:.0} ns (3% plus {PER_WAIT_SKEW_NS} ns per wait), off by {:.0} ns \
-         ({:.0} ns per wait)",
-        (sum_ns - kernel_ns).abs(),
-        (sum_ns - kernel_ns) / count.max(1.0),
-    );
+    assert_close("waits counted", count, kernel.timeslices as f64, 0.01);
+    assert_close("total wait, ns", sum_ns, kernel.run_delay_ns as f64, 0.03);
 }
-
-/// How far the probe's and the kernel's clocks may disagree about one wait;
-/// see [`histogram_matches_schedstat_of_all_threads`].
-const PER_WAIT_SKEW_NS: f64 = 4000.0;
 
 /// The exported histogram is well formed: cumulative buckets never decrease,
 /// `+Inf` equals `_count`, and with `--classic-buckets fine` there are at

@@ -39,41 +39,64 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         let (time, count) = tool.accrued(&before, &after, filter);
         (count > 0).then(|| time as f64 / count as f64)
     };
+    // Per context switch: runqlat also runs on every wakeup, hostscope
+    // only on the switch, so ns/event alone would compare different event
+    // counts. Every tool sees the same switches: hostscope's count them.
+    let (_, switches) = hostscope.accrued(&before, &after, |n| is_program(n, "sched_switch"));
+    let per_switch = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
+        let (time, _) = tool.accrued(&before, &after, filter);
+        (switches > 0).then(|| time as f64 / switches as f64)
+    };
     let sched = programs_of("sched");
-    let ours = cost(&hostscope, &sched);
-    let metric = "scheduler probes, ns/event (perf bench sched pipe)";
+    let ours = per_switch(&hostscope, &sched);
+    let metric =
+        "scheduler probes, ns per context switch (all of a tool's programs, perf bench sched pipe)";
     report.push(Row::ratio(
         SECTION,
         metric,
         ours,
-        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        Peer::new(&runqlat.label, per_switch(&runqlat, &|_| true)),
         Target::RatioAtMost(0.5),
     ));
     report.push(Row::ratio(
         SECTION,
-        "scheduler probes with --by-cgroup, ns/event",
-        cost(&by_cgroup, &sched),
-        Peer::new(&runqlat.label, cost(&runqlat, &sched)),
+        "scheduler probes with --by-cgroup, ns per context switch",
+        per_switch(&by_cgroup, &sched),
+        Peer::new(&runqlat.label, per_switch(&runqlat, &|_| true)),
         Target::RatioAtMost(0.6),
     ));
-    for peer in [&runqlat_bt, &floor] {
-        let peer_cost = cost(peer, &|_| true);
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        ours,
+        Peer::new(&runqlat_bt.label, per_switch(&runqlat_bt, &|_| true)),
+        Target::None,
+    ));
+    // The floor: an empty program on the one tracepoint hostscope uses.
+    let switch_only = |n: &str| is_program(n, "floor_sched_switch");
+    let floor_per_switch = per_switch(&floor, &switch_only);
+    report.push(Row::ratio(
+        SECTION,
+        metric,
+        ours,
+        Peer::new(&floor.label, floor_per_switch),
+        Target::AtMost {
+            limit: 100.0,
+            unit: " ns",
+        },
+    ));
+    for (peer, filter) in [
+        (
+            &runqlat,
+            &(|n: &str| is_program(n, "sched_switch")) as &dyn Fn(&str) -> bool,
+        ),
+        (&floor, &switch_only),
+    ] {
         report.push(Row::ratio(
             SECTION,
-            metric,
-            ours,
-            Peer::new(&peer.label, peer_cost),
-            Target::None,
-        ));
-    }
-    for (name, _) in hostscope_common::sched::SCHED_PROGRAMS {
-        let only = |n: &str| is_program(n, name);
-        let metric = format!("  {name}, ns/event");
-        report.push(Row::ratio(
-            SECTION,
-            &metric,
-            cost(&hostscope, &only),
-            Peer::new(&runqlat.label, cost(&runqlat, &only)),
+            "  the sched_switch program alone, ns/event",
+            cost(&hostscope, &|n| is_program(n, "sched_switch")),
+            Peer::new(&peer.label, cost(peer, filter)),
             Target::None,
         ));
     }

@@ -122,10 +122,8 @@ impl Drop for Holder {
 }
 
 /// Every floor program (ebpf/src/floor.rs) and its tracepoint.
-pub const FLOOR_PROGRAMS: [(&str, &str); 5] = [
+pub const FLOOR_PROGRAMS: [(&str, &str); 3] = [
     ("floor_sched_switch", "sched_switch"),
-    ("floor_sched_wakeup", "sched_wakeup"),
-    ("floor_sched_wakeup_new", "sched_wakeup_new"),
     ("floor_block_rq_issue", "block_rq_issue"),
     ("floor_block_rq_complete", "block_rq_complete"),
 ];

@@ -3,6 +3,7 @@
 
 mod batch;
 mod format;
+mod gzip;
 mod model;
 mod process;
 mod protobuf;
@@ -12,10 +13,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use std::io::Write as _;
-
 use bytes::Bytes;
-use flate2::{Compression, write::GzEncoder};
 
 use hostscope_common::histogram::{BUCKETS, FINITE_BUCKETS, Histogram, native_index};
 use prometheus_client::{
@@ -26,6 +24,7 @@ use prometheus_client::{
 };
 
 use batch::{Abandoned, Batches};
+use gzip::Gzip;
 use model::{Kind, Metric, Sample};
 
 use crate::{
@@ -96,6 +95,7 @@ impl Metrics {
             programs,
             scrape_errors,
             classic,
+            gzip: Gzip::default(),
         };
         Self {
             batches: Batches::new(move |wants: &[Want]| reader.expositions(wants)),
@@ -128,6 +128,8 @@ struct ScrapeTime {
     scrape_errors: Vec<(CollectorKind, AtomicU64)>,
     /// The finest classic layout any histogram gets.
     classic: Layout,
+    /// The compressor every gzipped exposition goes through.
+    gzip: Gzip,
 }
 
 impl std::fmt::Debug for ScrapeTime {
@@ -151,25 +153,18 @@ impl Collector for TextView {
     }
 }
 
-/// `metrics` in `format`, and gzipped if `gzip`.
+/// `metrics` in `format`, and gzipped with `gzip` if given.
 fn exposition(
     metrics: &Arc<[Metric]>,
     format: Format,
-    gzip: bool,
+    gzip: Option<&Gzip>,
 ) -> Result<Exposition, ScrapeError> {
     let plain = encode(metrics, format).map_err(|_| ScrapeError::Encode)?;
     let gzip = match gzip {
-        // Level 1: most of level 6's ratio on this text, at a fraction of
-        // its time.
-        true => {
-            let mut gz = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
-            let gzipped = gz
-                .write_all(&plain)
-                .and_then(|()| gz.finish())
-                .map_err(|err| ScrapeError::Compress(Arc::new(err)))?;
-            Some(Bytes::from(gzipped))
-        }
-        false => None,
+        Some(gzip) => Some(Bytes::from(gzip.compress(&plain).map_err(|err| {
+            ScrapeError::Compress(Arc::new(std::io::Error::other(err)))
+        })?)),
+        None => None,
     };
     Ok(Exposition {
         plain: Bytes::from(plain),
@@ -204,6 +199,7 @@ impl ScrapeTime {
                 let asked = wants.iter().filter(|want| want.format == format);
                 let gzip = asked.clone().any(|want| want.gzip);
                 let asked = asked.count() > 0;
+                let gzip = gzip.then_some(&self.gzip);
                 asked.then(|| (format, exposition(&snapshot, format, gzip)))
             })
             .collect();
@@ -722,6 +718,7 @@ mod tests {
             programs: None,
             scrape_errors: Vec::new(),
             classic: Layout::Coarse,
+            gzip: Gzip::default(),
         };
         let want = |format, gzip| Want { format, gzip };
         let Expositions(answers) = reader.expositions(&[

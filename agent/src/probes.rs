@@ -149,6 +149,9 @@ pub struct Probes {
     /// The block start slots, mapped to count the requests in flight; none
     /// if the mapping failed (the count is then left out).
     block_slots: Option<MappedArray>,
+    /// The capacity of each in-flight hash map, asked of the kernel once
+    /// (it cannot change) rather than by a system call per scrape.
+    hash_capacities: Vec<(&'static str, u32)>,
 }
 
 impl Probes {
@@ -241,12 +244,22 @@ impl Probes {
             false => None,
         };
         let block_slots = map_block_slots(&ebpf, slots);
+        let hash_capacities = [BLOCK_START_MAP, TCP_CONNECT_START_MAP]
+            .into_iter()
+            .filter_map(|name| match ebpf.map(name)? {
+                Map::HashMap(data) | Map::LruHashMap(data) => {
+                    Some((name, data.info().ok()?.max_entries()))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             ebpf,
             layout_errors,
             btf: Some(btf),
             kernel_log,
             block_slots,
+            hash_capacities,
         })
     }
 
@@ -541,15 +554,12 @@ impl Probes {
     /// them (a count that went below zero, which they never let happen,
     /// reads 0), and its capacity.
     fn fill_of(&self, name: &'static str, entries: impl Fn() -> Option<u64>) -> Option<MapFill> {
-        let capacity = match self.ebpf.map(name)? {
-            Map::HashMap(data) | Map::LruHashMap(data) => data.info().ok()?.max_entries(),
-            _ => return None,
-        };
+        let (_, capacity) = self.hash_capacities.iter().find(|(map, _)| *map == name)?;
         let entries = entries()?;
         Some(MapFill {
             name,
             entries: if entries > u64::MAX / 2 { 0 } else { entries },
-            capacity: u64::from(capacity),
+            capacity: u64::from(*capacity),
         })
     }
 

@@ -129,10 +129,15 @@ pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// `/metrics` latency (p50, p99) in ms under `connections` concurrent
-/// clients for `seconds`, measured by wrk: one wrk thread (the other CPU is
-/// the daemon's), asking for gzip as Prometheus does.
-pub fn scrape_latency(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64)> {
+/// Latency (p50, p99) in ms of `path` (`/metrics`) under `connections`
+/// concurrent clients for `seconds`, measured by wrk: one wrk thread (the
+/// other CPU is the daemon's), asking for gzip as Prometheus does.
+pub fn latency(
+    url: &str,
+    path: &str,
+    connections: u32,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
     let output = Command::new("wrk")
         .args([
             "-t1",
@@ -142,7 +147,7 @@ pub fn scrape_latency(url: &str, connections: u32, seconds: u64) -> anyhow::Resu
             "-H",
             "Accept-Encoding: gzip",
         ])
-        .arg(format!("{url}/metrics"))
+        .arg(format!("{url}{path}"))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);

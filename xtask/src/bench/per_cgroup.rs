@@ -96,7 +96,7 @@ fn exposition_with_100_cgroups(report: &mut Report, plan: &Plan) -> anyhow::Resu
         cpu_ms,
         Target::None,
     ));
-    let (p50, p99) = daemon::scrape_latency(&daemon.url, 50, plan.wrk_seconds)?;
+    let (p50, p99) = daemon::latency(&daemon.url, "/metrics", 50, plan.wrk_seconds)?;
     report.push(Row::value(
         SECTION,
         "/metrics p50 latency with 100 labelled cgroups, 50 clients, ms",

@@ -126,7 +126,7 @@ pub struct Row {
 
 impl Row {
     /// Our figure against a peer's, with the ratio ours/peer, which
-    /// `target` judges.
+    /// `target` judges (or our figure, for a bound on it).
     pub fn ratio(
         section: &str,
         metric: &str,
@@ -135,6 +135,11 @@ impl Row {
         target: Target,
     ) -> Row {
         let ratio = ours.zip(peer.value).map(|(o, p)| o / p);
+        // A bound on the figure itself judges our figure, not the ratio.
+        let judged = match target {
+            Target::Below { .. } | Target::AtMost { .. } => ours,
+            _ => ratio,
+        };
         Row {
             section: section.into(),
             metric: metric.into(),
@@ -142,7 +147,7 @@ impl Row {
             peer: peer.shown(|v| format!("{v:.0}")),
             ratio: ratio_text(ratio),
             target: target.text(),
-            verdict: target.verdict(ratio),
+            verdict: target.verdict(judged),
         }
     }
 

@@ -324,22 +324,31 @@ fn healthz_and_index_answer() {
 }
 
 /// A collector that cannot start is reported down, in the metric and in one
-/// log line saying what is wrong and what to do, while the others serve.
-/// The fault is real: block and tcp read kernel fields at offsets found in
-/// kernel BTF, and here that BTF is not BTF at all; sched reads no fields.
+/// log line saying what is wrong, while the others serve. The fault is
+/// real: every collector reads kernel fields at offsets found in kernel
+/// BTF, and here the daemon is given this kernel's BTF with one field
+/// renamed (`tcp_sock.srtt_us`, same length, so the file stays valid BTF):
+/// only the TCP programs read it.
 #[test]
-fn a_collector_that_cannot_start_is_down_and_the_rest_serve() {
-    let not_btf = std::env::temp_dir().join(format!("hostscope-not-btf-{}", std::process::id()));
-    std::fs::write(&not_btf, b"this is not BTF").expect("write the decoy");
+fn a_collector_whose_kernel_field_is_missing_is_down_and_the_rest_serve() {
+    let mut btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel's BTF");
+    let (name, renamed) = (&b"\0srtt_us\0"[..], &b"\0srtt_xx\0"[..]);
+    let at = btf
+        .windows(name.len())
+        .position(|window| window == name)
+        .expect("srtt_us in the BTF's strings");
+    btf[at..at + name.len()].copy_from_slice(renamed);
+    let edited = std::env::temp_dir().join(format!("hostscope-edited-btf-{}", std::process::id()));
+    std::fs::write(&edited, &btf).expect("write the edited BTF");
     let daemon = Daemon::spawn(
         "sched,block,tcp",
-        &["--kernel-btf", not_btf.to_str().expect("UTF-8 path")],
+        &["--kernel-btf", edited.to_str().expect("UTF-8 path")],
     );
     let exposition = daemon.scrape();
-    let _ = std::fs::remove_file(&not_btf);
+    let _ = std::fs::remove_file(&edited);
     let up = |c: &str| exposition.value("hostscope_collector_up", &[("collector", c)]);
     assert_eq!(up("sched"), Some(1.0), "log:\n{}", daemon.log());
-    assert_eq!(up("block"), Some(0.0));
+    assert_eq!(up("block"), Some(1.0), "log:\n{}", daemon.log());
     assert_eq!(up("tcp"), Some(0.0));
     assert!(
         exposition
@@ -348,13 +357,44 @@ fn a_collector_that_cannot_start_is_down_and_the_rest_serve() {
         "sched keeps serving"
     );
     let log = daemon.log();
-    for collector in ["block", "tcp"] {
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| {
-                l.contains("collector down") && l.contains(&format!("collector={collector}"))
-            })
-            .collect();
+    let lines = down_lines(&log, "tcp");
+    assert_eq!(lines.len(), 1, "one line for tcp:\n{log}");
+    assert!(
+        lines[0].contains("tcp_sock.srtt_us"),
+        "names the missing field: {}",
+        lines[0]
+    );
+}
+
+/// Kernel BTF that is not BTF at all downs every collector (each reads
+/// kernel fields), each with one line that says which flag to fix, and
+/// the daemon still serves its own metrics.
+#[test]
+fn kernel_btf_that_is_not_btf_downs_each_collector_with_one_line() {
+    let not_btf = std::env::temp_dir().join(format!("hostscope-not-btf-{}", std::process::id()));
+    std::fs::write(&not_btf, b"this is not BTF").expect("write the decoy");
+    let daemon = Daemon::spawn(
+        "sched,block,tcp",
+        &["--kernel-btf", not_btf.to_str().expect("UTF-8 path")],
+    );
+    let exposition = daemon.scrape();
+    let _ = std::fs::remove_file(&not_btf);
+    assert!(
+        exposition
+            .value(
+                "hostscope_build_info",
+                &[("version", env!("CARGO_PKG_VERSION"))]
+            )
+            .is_some(),
+        "the daemon serves"
+    );
+    let log = daemon.log();
+    for collector in ["sched", "block", "tcp"] {
+        assert_eq!(
+            exposition.value("hostscope_collector_up", &[("collector", collector)]),
+            Some(0.0)
+        );
+        let lines = down_lines(&log, collector);
         assert_eq!(lines.len(), 1, "one line for {collector}:\n{log}");
         assert!(
             lines[0].contains("--kernel-btf"),
@@ -362,6 +402,13 @@ fn a_collector_that_cannot_start_is_down_and_the_rest_serve() {
             lines[0]
         );
     }
+}
+
+/// The daemon's "collector down" lines for `collector`.
+fn down_lines<'a>(log: &'a str, collector: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains("collector down") && l.contains(&format!("collector={collector}")))
+        .collect()
 }
 
 /// `--log-format json`: every line the daemon logs, from start to

@@ -7,8 +7,10 @@
 //! kernel's counts as a native histogram without re-bucketing (which would
 //! smear counts across boundaries), and as classic `le` buckets at the same
 //! boundaries. In nanoseconds the boundaries are not powers of two (1e9 is
-//! not), so the kernel finds a value's bucket by binary search in
-//! [`THRESHOLDS_NS`]: seven comparisons.
+//! not), so a value's bucket is looked up in [`THRESHOLDS_NS`]: by binary
+//! search (seven comparisons, [`bucket_index`]), or in the kernel by a
+//! guess from the value's power of two and its next three bits, then one
+//! comparison ([`bucket_index_guessed`]).
 //!
 //! Buckets are *inclusive* at their upper bound, like Prometheus' `le` and
 //! native buckets: a value `v` lands in the first bucket whose upper bound
@@ -288,6 +290,72 @@ pub fn bucket_index_with(value_ns: u64, threshold: impl Fn(usize) -> u64) -> usi
     below
 }
 
+/// Each power of two of nanoseconds is cut into 2^`GUESS_SLOTS_LOG2`
+/// equal slots for [`BUCKET_GUESS`]: eight, so that no slot holds more
+/// than one bucket boundary (boundaries are 2^(1/4) = 1.19 apart, further
+/// than an eighth of a power of two; the tests check every slot).
+pub const GUESS_SLOTS_LOG2: u32 = 3;
+/// Entries of [`BUCKET_GUESS`]: 64 powers of two, eight slots each.
+pub const GUESS_ENTRIES: usize = 64 << GUESS_SLOTS_LOG2;
+
+/// For the slot of `v`, entry `8 * floor(log2(v)) + (the three bits of v
+/// below its leading one)`: the bucket of the slot's smallest value (the
+/// number of thresholds below it). A value's bucket is that, or the next
+/// one when the slot's one boundary lies below the value. Slots below
+/// 2^6 ns are never looked up (those values are in bucket 0).
+pub const BUCKET_GUESS: [u8; GUESS_ENTRIES] = {
+    let mut guess = [0u8; GUESS_ENTRIES];
+    let mut exponent = GUESS_SLOTS_LOG2;
+    while exponent < 64 {
+        let mut slot = 0;
+        while slot < 1 << GUESS_SLOTS_LOG2 {
+            let start = (1u64 << exponent) + ((slot as u64) << (exponent - GUESS_SLOTS_LOG2));
+            let mut below = 0;
+            while below < FINITE_BUCKETS && THRESHOLDS_NS[below] < start {
+                below += 1;
+            }
+            guess[((exponent as usize) << GUESS_SLOTS_LOG2) + slot] = below as u8;
+            slot += 1;
+        }
+        exponent += 1;
+    }
+    guess
+};
+const _: () = assert!(BUCKETS <= u8::MAX as usize);
+
+/// [`bucket_index`] in a few steps rather than seven: the slot's guess from
+/// [`BUCKET_GUESS`] (through `guess`), then one comparison with the
+/// threshold it names (through `threshold`). Both readers take an index
+/// the caller may mask; it is below [`GUESS_ENTRIES`] and [`SEARCH_SPAN`].
+/// The logarithm is six shifts and tests: eBPF has no count of leading
+/// zeros, and LLVM's expansion of one is longer.
+#[inline(always)]
+pub fn bucket_index_guessed(
+    value_ns: u64,
+    guess: impl Fn(usize) -> usize,
+    threshold: impl Fn(usize) -> u64,
+) -> usize {
+    if value_ns <= THRESHOLDS_NS[0] {
+        return 0;
+    }
+    let mut rest = value_ns;
+    let mut exponent = 0u32;
+    for shift in [32, 16, 8, 4, 2, 1] {
+        if rest >> shift != 0 {
+            rest >>= shift;
+            exponent += shift;
+        }
+    }
+    // `value_ns` > 119, so `exponent` >= 6.
+    let slot = (value_ns >> (exponent - GUESS_SLOTS_LOG2)) & ((1 << GUESS_SLOTS_LOG2) - 1);
+    let index = guess(((exponent as usize) << GUESS_SLOTS_LOG2) | slot as usize);
+    if threshold(index) < value_ns {
+        index + 1
+    } else {
+        index
+    }
+}
+
 /// The inclusive upper bound of bucket `index` in nanoseconds (floored),
 /// or `None` for the overflow bucket (and any index past it): `+Inf`.
 pub const fn bucket_upper_bound_ns(index: usize) -> Option<u64> {
@@ -383,6 +451,45 @@ mod tests {
                 let below = bucket_upper_bound_ns(i - 1).unwrap_or(u64::MAX);
                 assert!(v > below, "{v} fits the previous bucket (<= {below})");
             }
+        }
+    }
+
+    /// The guess table's premise: no slot holds two bucket boundaries.
+    #[test]
+    fn no_guess_slot_holds_two_boundaries() {
+        for exponent in 6..64u32 {
+            for slot in 0..1u64 << GUESS_SLOTS_LOG2 {
+                let width = 1u64 << (exponent - GUESS_SLOTS_LOG2);
+                let start = (1u64 << exponent) + slot * width;
+                let end = start.saturating_add(width);
+                let inside = THRESHOLDS_NS[..FINITE_BUCKETS]
+                    .iter()
+                    .filter(|t| (start..end).contains(t))
+                    .count();
+                assert!(
+                    inside <= 1,
+                    "slot [{start}, {end}) holds {inside} boundaries"
+                );
+            }
+        }
+    }
+
+    /// The guessed index is the searched one: at every interesting value,
+    /// and at a million spread over the whole range.
+    #[test]
+    fn guessed_bucket_index_equals_the_search() {
+        let guessed =
+            |v| bucket_index_guessed(v, |i| usize::from(BUCKET_GUESS[i]), |i| THRESHOLDS_NS[i]);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let spread = (0..1_000_000).map(|_| {
+            // xorshift, then a random exponent so every scale is covered.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state >> (state % 64)
+        });
+        for v in interesting_values().chain(spread) {
+            assert_eq!(guessed(v), bucket_index(v), "at {v} ns");
         }
     }
 

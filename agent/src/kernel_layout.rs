@@ -26,6 +26,16 @@ pub enum LayoutError {
         /// The member's name.
         member: &'static str,
     },
+    /// The member exists only in kernels built with options this one lacks.
+    #[error("this kernel has no `{strukt}.{member}` field: {needs}")]
+    NeedsOptions {
+        /// The struct's name.
+        strukt: &'static str,
+        /// The member's name.
+        member: &'static str,
+        /// Which program needs what, in words.
+        needs: &'static str,
+    },
     /// The kernel's types are not what the programs assume.
     #[error("unexpected kernel layout: {0}")]
     Unexpected(String),
@@ -79,10 +89,12 @@ pub fn block(btf: &Btf) -> Result<Offsets, LayoutError> {
 /// `CONFIG_FAIR_GROUP_SCHED` (no cgroup `cpu` controller) lack a field.
 pub fn sched(btf: &Btf) -> Result<Offsets, LayoutError> {
     sched_fields(btf).map_err(|err| match err {
-        LayoutError::Missing { strukt, member } => LayoutError::Unexpected(format!(
-            "this kernel has no `{strukt}.{member}` field: the run-queue probe needs a \
-             kernel built with CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED"
-        )),
+        LayoutError::Missing { strukt, member } => LayoutError::NeedsOptions {
+            strukt,
+            member,
+            needs: "the run-queue probe needs a kernel built with CONFIG_SCHED_INFO and \
+                    CONFIG_FAIR_GROUP_SCHED",
+        },
         other => other,
     })
 }

@@ -327,43 +327,55 @@ fn healthz_and_index_answer() {
 /// log line saying what is wrong, while the others serve. The fault is
 /// real: every collector reads kernel fields at offsets found in kernel
 /// BTF, and here the daemon is given this kernel's BTF with one field
-/// renamed (`tcp_sock.srtt_us`, same length, so the file stays valid BTF):
-/// only the TCP programs read it.
+/// renamed in its string table (same length, so the file stays valid BTF).
+/// `tcp_sock.srtt_us` only the TCP programs read; `sched_info.last_queued`
+/// only the scheduler's, whose line names the kernel options it needs.
 #[test]
 fn a_collector_whose_kernel_field_is_missing_is_down_and_the_rest_serve() {
+    let cases = [
+        ("srtt_us", "srtt_xx", "tcp", "tcp_sock.srtt_us"),
+        ("last_queued", "last_queuex", "sched", "CONFIG_SCHED_INFO"),
+    ];
+    for (field, renamed, down, said) in cases {
+        let edited = btf_with_renamed_field(field, renamed);
+        let daemon = Daemon::spawn(
+            "sched,block,tcp",
+            &["--kernel-btf", edited.to_str().expect("UTF-8 path")],
+        );
+        let exposition = daemon.scrape();
+        let _ = std::fs::remove_file(&edited);
+        let log = daemon.log();
+        for collector in ["sched", "block", "tcp"] {
+            let expected = if collector == down { 0.0 } else { 1.0 };
+            assert_eq!(
+                exposition.value("hostscope_collector_up", &[("collector", collector)]),
+                Some(expected),
+                "{collector} with {field} renamed; log:\n{log}"
+            );
+        }
+        let lines = down_lines(&log, down);
+        assert_eq!(lines.len(), 1, "one line for {down}:\n{log}");
+        assert!(lines[0].contains(said), "says {said}: {}", lines[0]);
+    }
+}
+
+/// A copy of this kernel's BTF with the member name `field` spelled
+/// `renamed` (of the same length) in its string table.
+fn btf_with_renamed_field(field: &str, renamed: &str) -> std::path::PathBuf {
+    assert_eq!(field.len(), renamed.len(), "a rename keeps the length");
     let mut btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel's BTF");
-    let (name, renamed) = (&b"\0srtt_us\0"[..], &b"\0srtt_xx\0"[..]);
+    let name = format!("\0{field}\0").into_bytes();
     let at = btf
         .windows(name.len())
         .position(|window| window == name)
-        .expect("srtt_us in the BTF's strings");
-    btf[at..at + name.len()].copy_from_slice(renamed);
-    let edited = std::env::temp_dir().join(format!("hostscope-edited-btf-{}", std::process::id()));
+        .unwrap_or_else(|| panic!("{field} in the BTF's strings"));
+    btf[at + 1..at + 1 + field.len()].copy_from_slice(renamed.as_bytes());
+    let edited = std::env::temp_dir().join(format!(
+        "hostscope-btf-without-{field}-{}",
+        std::process::id()
+    ));
     std::fs::write(&edited, &btf).expect("write the edited BTF");
-    let daemon = Daemon::spawn(
-        "sched,block,tcp",
-        &["--kernel-btf", edited.to_str().expect("UTF-8 path")],
-    );
-    let exposition = daemon.scrape();
-    let _ = std::fs::remove_file(&edited);
-    let up = |c: &str| exposition.value("hostscope_collector_up", &[("collector", c)]);
-    assert_eq!(up("sched"), Some(1.0), "log:\n{}", daemon.log());
-    assert_eq!(up("block"), Some(1.0), "log:\n{}", daemon.log());
-    assert_eq!(up("tcp"), Some(0.0));
-    assert!(
-        exposition
-            .histogram("hostscope_runqueue_latency_seconds", &[])
-            .is_some(),
-        "sched keeps serving"
-    );
-    let log = daemon.log();
-    let lines = down_lines(&log, "tcp");
-    assert_eq!(lines.len(), 1, "one line for tcp:\n{log}");
-    assert!(
-        lines[0].contains("tcp_sock.srtt_us"),
-        "names the missing field: {}",
-        lines[0]
-    );
+    edited
 }
 
 /// Kernel BTF that is not BTF at all downs every collector (each reads

@@ -35,17 +35,24 @@ fn runq(daemon: &Daemon) -> HistogramSample {
 /// count and sum over that window must match what the kernel accounted for
 /// every thread on the system over the same window.
 ///
-/// Tolerances: count within 1%, sum within 3%. The probe reads the
-/// kernel's own stamps (`sched_info.last_queued` and the run queue's clock),
-/// so each wait it records is the one schedstat adds up. What differs: (a)
-/// a wait that moves to another CPU's run queue is split by the kernel, and
-/// the probe records only the part on the queue it ends on; (b) threads
-/// that exit during the window vanish from /proc, and the test's own reads
-/// of /proc and the scrape run just outside one window or the other (tens
-/// of waits out of hundreds of thousands). The margin absorbs both without
-/// hiding a real miscount: a missed requeue path loses the spinners' ~6 s
-/// of waiting, a wrong clock or field adds milliseconds to a wait, and a
-/// unit slip is a factor of 1000.
+/// Tolerances. Count: within 1%. The probe reads the kernel's own stamps
+/// (`sched_info.last_queued` and the run queue's clock), so it records a
+/// wait exactly when schedstat counts a timeslice; what differs is threads
+/// that exit during the window (they vanish from /proc) and the test's own
+/// reads just outside one window or the other: tens out of hundreds of
+/// thousands.
+///
+/// Sum: at most 1% above schedstat's run delay, and at most 15% below. A
+/// wait that load balancing moves to another CPU's run queue is accounted
+/// by the kernel in two parts, and the probe records only the part on the
+/// queue where it ends. How much that is depends on what else runs: by
+/// hand 0.01% to 0.6% of the run delay, and 6.3% once in CI, where the
+/// host's other tasks queued behind the four spinners and were pulled to
+/// the other CPU. Waits that never move (the per-cgroup test's pinned
+/// spinners) are held to 3%. The bounds still catch a real miscount: a
+/// missed requeue path loses the spinners' ~6 s of ~9 s, a wrong clock or
+/// field adds milliseconds to each wait, and a unit slip is a factor of
+/// 1000.
 #[test]
 fn histogram_matches_schedstat_of_all_threads() {
     let daemon = Daemon::start("sched");
@@ -81,7 +88,13 @@ fn histogram_matches_schedstat_of_all_threads() {
         "the pinned threads waited only {workload_wait} ns; is CPU 0 online?"
     );
     assert_close("waits counted", count, kernel.timeslices as f64, 0.01);
-    assert_close("total wait, ns", sum_ns, kernel.run_delay_ns as f64, 0.03);
+    let kernel_ns = kernel.run_delay_ns as f64;
+    assert!(
+        sum_ns <= kernel_ns * 1.01 && sum_ns >= kernel_ns * 0.85,
+        "total wait: probes {sum_ns:.0} ns, kernel {kernel_ns:.0} ns ({:+.2}%); allowed \
+         from -15% (waits moved between run queues) to +1%",
+        (sum_ns / kernel_ns - 1.0) * 100.0
+    );
 }
 
 /// The exported histogram is well formed: cumulative buckets never decrease,

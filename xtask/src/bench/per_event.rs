@@ -1,6 +1,8 @@
 //! Per-event cost: every tool attached at once to the same events, each
 //! one's kernel run time over its run count (`bpf_stats`) per workload.
 
+use std::collections::BTreeMap;
+
 use super::{
     Plan, RUNQLAT_BPFTRACE, around, daemon, is_program,
     programs::{self, Attached},
@@ -10,6 +12,41 @@ use super::{
 };
 
 const SECTION: &str = "per-event cost";
+
+/// The kernel's program statistics before and after one workload.
+struct Window {
+    before: BTreeMap<u64, programs::ProgStats>,
+    after: BTreeMap<u64, programs::ProgStats>,
+}
+
+/// Which of a tool's programs a figure covers, by kernel name.
+type Filter<'a> = &'a dyn Fn(&str) -> bool;
+
+impl Window {
+    /// Runs `work` between two snapshots.
+    fn of(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Window> {
+        let (before, after) = around(work)?;
+        Ok(Window { before, after })
+    }
+
+    /// How many times `tool`'s programs that `filter` names ran.
+    fn runs(&self, tool: &Attached, filter: Filter<'_>) -> u64 {
+        tool.accrued(&self.before, &self.after, filter).1
+    }
+
+    /// `tool`'s run time in the programs `filter` names, per run of them.
+    fn per_run(&self, tool: &Attached, filter: Filter<'_>) -> Option<f64> {
+        let (time, runs) = tool.accrued(&self.before, &self.after, filter);
+        (runs > 0).then(|| time as f64 / runs as f64)
+    }
+
+    /// `tool`'s run time in the programs `filter` names, per one of
+    /// `events` (which another tool's program counted).
+    fn per(&self, tool: &Attached, filter: Filter<'_>, events: u64) -> Option<f64> {
+        let (time, _) = tool.accrued(&self.before, &self.after, filter);
+        (events > 0).then(|| time as f64 / events as f64)
+    }
+}
 
 /// Every tool attached at once, then each workload in turn; per-event cost
 /// is each tool's run time over its run count on that workload's events.
@@ -34,19 +71,13 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         || programs::load_floor(&programs::FLOOR_PROGRAMS),
     )?;
 
-    let (before, after) = around(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;
-    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
-        let (time, count) = tool.accrued(&before, &after, filter);
-        (count > 0).then(|| time as f64 / count as f64)
-    };
+    let window = Window::of(|| workloads::sched_pipe(plan.pipe_loops).map(drop))?;
     // Per context switch: runqlat also runs on every wakeup, hostscope
     // only on the switch, so ns/event alone would compare different event
     // counts. Every tool sees the same switches: hostscope's count them.
-    let (_, switches) = hostscope.accrued(&before, &after, |n| is_program(n, "sched_switch"));
-    let per_switch = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
-        let (time, _) = tool.accrued(&before, &after, filter);
-        (switches > 0).then(|| time as f64 / switches as f64)
-    };
+    let switch = |n: &str| is_program(n, "sched_switch");
+    let switches = window.runs(&hostscope, &switch);
+    let per_switch = |tool: &Attached, filter: Filter<'_>| window.per(tool, filter, switches);
     let sched = programs_of("sched");
     let ours = per_switch(&hostscope, &sched);
     let metric =
@@ -82,33 +113,23 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         Peer::new(&floor.label, floor_per_switch),
         Target::None,
     ));
-    for (peer, filter) in [
-        (
-            &runqlat,
-            &(|n: &str| is_program(n, "sched_switch")) as &dyn Fn(&str) -> bool,
-        ),
-        (&floor, &switch_only),
-    ] {
+    for (peer, filter) in [(&runqlat, &switch as Filter<'_>), (&floor, &switch_only)] {
         report.push(Row::ratio(
             SECTION,
             "  the sched_switch program alone, ns/event",
-            cost(&hostscope, &|n| is_program(n, "sched_switch")),
-            Peer::new(&peer.label, cost(peer, filter)),
+            window.per_run(&hostscope, &switch),
+            Peer::new(&peer.label, window.per_run(peer, filter)),
             Target::None,
         ));
     }
 
     let device = workloads::loop_device(256)?;
-    let (before, after) =
-        around(|| workloads::fio_randread(&device.path(), plan.fio_seconds).map(drop))?;
-    let cost = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
-        let (time, count) = tool.accrued(&before, &after, filter);
-        (count > 0).then(|| time as f64 / count as f64)
-    };
+    let window =
+        Window::of(|| workloads::fio_randread(&device.path(), plan.fio_seconds).map(drop))?;
     let block = programs_of("block");
-    let ours = cost(&hostscope, &block);
+    let ours = window.per_run(&hostscope, &block);
     let metric = "block probes, ns/event (fio 4k direct reads, loop device)";
-    let peer = cost(&biolatency, &|_| true);
+    let peer = window.per_run(&biolatency, &|_| true);
     report.push(Row::ratio(
         SECTION,
         metric,
@@ -116,7 +137,7 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
         Peer::new(&biolatency.label, peer),
         Target::None,
     ));
-    let floor_cost = cost(&floor, &|n| n.starts_with("floor_block"));
+    let floor_cost = window.per_run(&floor, &|n| n.starts_with("floor_block"));
     report.push(Row::ratio(
         SECTION,
         metric,
@@ -127,35 +148,26 @@ pub fn costs(report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
     // Per I/O: the tools attach different numbers of programs per request
     // (biolatency also runs on block_rq_insert), so ns/event alone flatters
     // the one with more, cheaper events. Completions are the I/O count.
-    let (_, ios) = hostscope.accrued(&before, &after, |n| is_program(n, "block_rq_complete"));
-    let per_io = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
-        let (time, _) = tool.accrued(&before, &after, filter);
-        (ios > 0).then(|| time as f64 / ios as f64)
-    };
+    let ios = window.runs(&hostscope, &|n| is_program(n, "block_rq_complete"));
     let metric = "block probes, ns per I/O (all of a tool's programs)";
-    let peer = per_io(&biolatency, &|_| true);
+    let peer = window.per(&biolatency, &|_| true, ios);
     report.push(Row::ratio(
         SECTION,
         metric,
-        per_io(&hostscope, &block),
+        window.per(&hostscope, &block, ios),
         Peer::new(&biolatency.label, peer),
         Target::None,
     ));
 
     drop(device);
 
-    let (before, after) =
-        around(|| workloads::tcp_ping_pong(plan.tcp_round_trips, 1_000).map(drop))?;
-    let tcp = programs_of("tcp");
-    let (ours_time, ours_count) = hostscope.accrued(&before, &after, tcp);
-    let (peer_time, peer_count) = tcp_bt.accrued(&before, &after, |_| true);
-    let per = |t: u64, c: u64| (c > 0).then(|| t as f64 / c as f64);
+    let window = Window::of(|| workloads::tcp_ping_pong(plan.tcp_round_trips, 1_000).map(drop))?;
     let metric = "TCP probes, ns/event (loopback ping-pong + connects)";
     report.push(Row::ratio(
         SECTION,
         metric,
-        per(ours_time, ours_count),
-        Peer::new(&tcp_bt.label, per(peer_time, peer_count)),
+        window.per_run(&hostscope, &programs_of("tcp")),
+        Peer::new(&tcp_bt.label, window.per_run(&tcp_bt, &|_| true)),
         Target::None,
     ));
     // Detach everything before the block comparison of two tools alone.
@@ -181,7 +193,7 @@ const ALONE_ROUNDS: usize = 4;
 /// program `events`), median of the rounds, as `(hostscope, peer)`.
 fn alone_in_turn(
     peer: (&str, usize, &dyn Fn() -> anyhow::Result<programs::Holder>),
-    ours: &dyn Fn(&str) -> bool,
+    ours: Filter<'_>,
     events: &str,
     work: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<(f64, f64)> {
@@ -192,16 +204,13 @@ fn alone_in_turn(
         let hostscope = || Attached::start("hostscope", 0, || Ok(daemon::start()?.holder));
         let peer = || Attached::start(peer_label, peer_programs, start_peer);
         let (hostscope, peer) = programs::start_in_turn(round, hostscope, peer)?;
-        let (before, after) = around(work)?;
-        let (_, count) = hostscope.accrued(&before, &after, |n| is_program(n, events));
+        let window = Window::of(work)?;
+        let count = window.runs(&hostscope, &|n| is_program(n, events));
         if count == 0 {
             anyhow::bail!("no {events} event while {peer_label} was attached");
         }
-        let per_event = |tool: &Attached, filter: &dyn Fn(&str) -> bool| {
-            tool.accrued(&before, &after, filter).0 as f64 / count as f64
-        };
-        ours_ns.push(per_event(&hostscope, ours));
-        peers_ns.push(per_event(&peer, &|_| true));
+        ours_ns.extend(window.per(&hostscope, ours, count));
+        peers_ns.extend(window.per(&peer, &|_| true, count));
     }
     Ok((median(&ours_ns), median(&peers_ns)))
 }

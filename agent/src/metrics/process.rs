@@ -28,7 +28,7 @@ impl ProcessStats {
     /// start time, which does not change.
     pub fn read() -> io::Result<Self> {
         let page_size = rustix::param::page_size() as u64;
-        let (virtual_pages, resident_pages) = statm(&read_statm()?)?;
+        let (virtual_pages, resident_pages) = statm_pages()?;
         let cpu = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
         Ok(Self {
             cpu_seconds: cpu.tv_sec as f64 + cpu.tv_nsec as f64 * 1e-9,
@@ -90,10 +90,11 @@ impl ProcessStats {
     }
 }
 
-/// /proc/self/statm, read through a descriptor opened once: under many
-/// scrapers, opening it (a path walk through /proc) cost more than
-/// reading it. procfs makes the text anew for each read from offset 0.
-fn read_statm() -> io::Result<String> {
+/// The total and resident sizes, in pages, from /proc/self/statm, read
+/// through a descriptor opened once: under many scrapers, opening it (a
+/// path walk through /proc) cost more than reading it. procfs makes the
+/// text anew for each read from offset 0.
+fn statm_pages() -> io::Result<(u64, u64)> {
     static STATM: std::sync::OnceLock<fs::File> = std::sync::OnceLock::new();
     let file = match STATM.get() {
         Some(file) => file,
@@ -105,8 +106,9 @@ fn read_statm() -> io::Result<String> {
     // Seven numbers of at most 20 digits each fit.
     let mut buffer = [0u8; 256];
     let read = std::os::unix::fs::FileExt::read_at(file, &mut buffer, 0)?;
-    let text = buffer.get(..read).unwrap_or_default();
-    String::from_utf8(text.to_vec()).map_err(|_| io::Error::other("/proc/self/statm is not text"))
+    let text = std::str::from_utf8(buffer.get(..read).unwrap_or_default())
+        .map_err(|_| io::Error::other("/proc/self/statm is not text"))?;
+    statm(text)
 }
 
 /// The total and resident sizes, in pages, from a `/proc/PID/statm` line.

@@ -117,6 +117,14 @@ fn sched_fields(btf: &Btf) -> Result<Offsets, LayoutError> {
             pointer_field(btf, "cfs_rq", "rq", "rq")?,
         ),
         (offsets::RQ_CLOCK, field(btf, "rq", "clock", 8)?),
+        (
+            offsets::TASK_RUN_DELAY,
+            sched_info + field(btf, "sched_info", "run_delay", 8)?,
+        ),
+        (
+            offsets::TASK_PCOUNT,
+            sched_info + field(btf, "sched_info", "pcount", 8)?,
+        ),
     ])
 }
 

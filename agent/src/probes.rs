@@ -787,6 +787,8 @@ mod tests {
             sched::offsets::TASK_CFS_RQ,
             sched::offsets::CFS_RQ_RQ,
             sched::offsets::RQ_CLOCK,
+            sched::offsets::TASK_RUN_DELAY,
+            sched::offsets::TASK_PCOUNT,
             tcp::offsets::TCP_SOCK_SRTT_US,
             tcp::offsets::SOCK_PROTOCOL,
             cgroup::globals::ENABLED,

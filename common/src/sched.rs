@@ -8,6 +8,11 @@ pub const RUNQ_LATENCY_MAP: &str = "RUNQ_LATENCY";
 /// with the BTF tracepoint each attaches to.
 pub const SCHED_PROGRAMS: [(&str, &str); 1] = [("sched_switch", "sched_switch")];
 
+/// Slots of the array where the `sched_switch` program keeps each task's
+/// run delay as of its last switch-in (16 bytes each), to record whole a
+/// wait that moved between CPUs.
+pub const RUNQ_ARRIVED_SLOTS: u32 = 1 << 16;
+
 /// Hash map: [`crate::cgroup::CgroupKey`] -> [`crate::histogram::Histogram`],
 /// the run-queue latency per cgroup (`--by-cgroup`), updated atomically.
 pub const RUNQ_LATENCY_BY_CGROUP_MAP: &str = "RUNQ_LATENCY_BY_CGROUP";
@@ -26,4 +31,10 @@ pub mod offsets {
     /// `struct rq.clock`: the run queue's clock, updated by `__schedule`
     /// before `sched_switch` fires.
     pub const RQ_CLOCK: &str = "SCHED_OFF_RQ_CLOCK";
+    /// `struct task_struct.sched_info.run_delay`: the task's total wait,
+    /// which the kernel adds to when a wait ends or moves.
+    pub const TASK_RUN_DELAY: &str = "SCHED_OFF_TASK_RUN_DELAY";
+    /// `struct task_struct.sched_info.pcount`: how many times the task was
+    /// switched in (counted after `sched_switch`).
+    pub const TASK_PCOUNT: &str = "SCHED_OFF_TASK_PCOUNT";
 }

@@ -9,35 +9,46 @@
 //! locked and its clock updated, so this program reads the same two values
 //! and records the same difference into a per-CPU histogram.
 //!
-//! So one program on one tracepoint, no storage of our own and no clock
-//! read: a wakeup costs nothing, and a switch costs five plain loads that
-//! the verifier checks against the kernel's BTF (`next->sched_info.
-//! last_queued`, and `next->se.cfs_rq->rq->clock` to reach this CPU's run
-//! queue without a per-CPU kernel symbol). The numbers are the kernel's
-//! own: the histogram's count and sum match schedstat's timeslices and
-//! run delay.
+//! So one program on one tracepoint and no clock read: a wakeup costs
+//! nothing, and a switch costs plain loads that the verifier checks against
+//! the kernel's BTF (`next->sched_info`, and `next->se.cfs_rq->rq->clock`
+//! to reach this CPU's run queue without a per-CPU kernel symbol) and one
+//! array slot read and written. The numbers are the kernel's own: the
+//! histogram's count and sum match schedstat's timeslices and run delay.
 //!
 //! A wait that moves to another CPU's run queue before it ends (load
-//! balancing) is accounted by the kernel in two parts, and the histogram
-//! records the part on the run queue it ends on.
+//! balancing, an affinity change) is accounted by the kernel in parts: the
+//! move adds the part so far to the task's `run_delay` and clears the
+//! stamp, and the new queue stamps the task again. No tracepoint fires
+//! before the move clears the stamp, so the program keeps, per task, the
+//! `run_delay` each switch-in leaves behind (what the kernel is about to
+//! make it) and the `pcount` it will have. At the next switch-in of the
+//! same task, `run_delay` beyond that is the parts of this wait before its
+//! moves, and the histogram records the wait whole, as one wait, as
+//! schedstat does. A task first seen mid-life has no record yet:
+//! its first wait, if it moved, is recorded from its last stamp only.
 //!
 //! With `--by-cgroup`, the wait goes to the histogram of the cgroup the
 //! task is in when it is switched in.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     Global,
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
+    block::slot_index,
     cgroup::{CgroupKey, overflow_slot},
     histogram::Histogram,
+    sched::RUNQ_ARRIVED_SLOTS,
 };
 
 use crate::{
     cgroup,
-    maps::{load_at, record},
+    maps::{address_bits, load_at, record},
 };
 
 /// The histogram: one slot, one copy per CPU, so updates need no atomics.
@@ -58,6 +69,29 @@ static SCHED_OFF_TASK_CFS_RQ: Global<u32> = Global::new(0);
 static SCHED_OFF_CFS_RQ_RQ: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SCHED_OFF_RQ_CLOCK: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SCHED_OFF_TASK_RUN_DELAY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SCHED_OFF_TASK_PCOUNT: Global<u32> = Global::new(0);
+
+/// Where a task's last switch-in left its `sched_info`: the slot its
+/// address hashes to. Tasks sharing a slot overwrite each other's record,
+/// which only costs the one that lost it the parts of a moved wait.
+#[repr(C)]
+pub struct Arrived {
+    /// `(address bits << 32 | pcount after the switch-in) ^ run_delay`: a
+    /// record overwritten halfway by another task fails the check.
+    check: u64,
+    /// `run_delay` after the switch-in.
+    run_delay: u64,
+}
+
+/// Records of tasks' last switch-ins: 1 MiB, enough that tasks collide
+/// rarely on hosts with tens of thousands of threads. An array, not task
+/// storage, because its lookup is a few instructions the verifier inlines
+/// where task storage costs a helper call (about 30 ns per switch here).
+#[map(name = "RUNQ_ARRIVED")]
+static RUNQ_ARRIVED: Array<Arrived> = Array::with_max_entries(RUNQ_ARRIVED_SLOTS, 0);
 
 /// `sched_switch(bool preempt, struct task_struct *prev,
 ///               struct task_struct *next, unsigned int prev_state)`
@@ -79,7 +113,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if clock < queued {
         return 0;
     }
-    let latency = clock - queued;
+    let latency = clock - queued + parts_before_moves(next, clock - queued);
     if cgroup::enabled() {
         let key = CgroupKey {
             cgroup: cgroup::series_of(cgroup::of_task(next), overflow_slot::SCHED),
@@ -91,4 +125,39 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         record(&RUNQ_LATENCY, 0, latency);
     }
     0
+}
+
+/// The parts of `task`'s wait that the kernel folded into its `run_delay`
+/// when the wait moved off other run queues (0 for a wait that stayed
+/// put), and a record of what this switch-in leaves (`last_part` is the
+/// part the kernel is about to add).
+#[inline(always)]
+fn parts_before_moves(task: u64, last_part: u64) -> u64 {
+    let bits = address_bits(task);
+    // The block collector's address hash suits task_structs as well.
+    let Some(slot) = RUNQ_ARRIVED.get_ptr_mut(slot_index(bits, RUNQ_ARRIVED_SLOTS)) else {
+        return 0;
+    };
+    let pcount: u64 = load_at(task, SCHED_OFF_TASK_PCOUNT.load());
+    let run_delay: u64 = load_at(task, SCHED_OFF_TASK_RUN_DELAY.load());
+    let owner = u64::from(bits) << 32;
+    // SAFETY: a slot of an array map, valid while the program runs. Other
+    // CPUs may write it at the same time (another task in the slot); the
+    // check catches a record mixed from two.
+    unsafe {
+        let check = read_volatile(&raw const (*slot).check);
+        let before = read_volatile(&raw const (*slot).run_delay);
+        // Another task's record, or this task's from before a switch-in
+        // that left none (it had no stamp): nothing to go by.
+        let moved = if check ^ before == owner | u64::from(pcount as u32) {
+            run_delay.saturating_sub(before)
+        } else {
+            0
+        };
+        let after = run_delay.wrapping_add(last_part);
+        write_volatile(&raw mut (*slot).run_delay, after);
+        let pcount_after = u64::from(pcount.wrapping_add(1) as u32);
+        write_volatile(&raw mut (*slot).check, (owner | pcount_after) ^ after);
+        moved
+    }
 }

@@ -41,6 +41,20 @@ pub fn own_thread(tid: i32) -> SchedStat {
     thread(Path::new(&format!("/proc/self/task/{tid}"))).expect("read this thread's schedstat")
 }
 
+/// How many times a thread of this process moved to another CPU
+/// (`se.nr_migrations` in /proc/self/task/TID/sched, which kernels with
+/// CONFIG_SCHED_DEBUG have).
+pub fn own_thread_migrations(tid: i32) -> u64 {
+    let path = format!("/proc/self/task/{tid}/sched");
+    let text = fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {path}: {err}"));
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            (name.trim() == "se.nr_migrations").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{path} has no se.nr_migrations"))
+}
+
 /// Per-thread accounting of every thread on the system, keyed by
 /// (pid, tid), so that two readings can be compared thread by thread.
 pub fn all_threads() -> std::collections::HashMap<(u32, u32), SchedStat> {

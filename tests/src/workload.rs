@@ -41,6 +41,42 @@ impl Workload {
         self
     }
 
+    /// `threads` threads spinning for `duration` while one more moves each
+    /// of them between CPU 0 and [`other_cpu`] every millisecond: with more
+    /// spinners than CPUs, most moves catch a thread waiting on a run
+    /// queue, so its wait is split between two queues.
+    pub fn moving_spinners(mut self, threads: usize, duration: Duration) -> Self {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        for _ in 0..threads {
+            let tid_tx = tid_tx.clone();
+            self.jobs.push((
+                0,
+                Box::new(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid_tx.send(unsafe { libc::gettid() }).expect("send tid");
+                    spin(duration);
+                }),
+            ));
+        }
+        let end = Instant::now() + duration;
+        self.jobs.push((
+            other_cpu(),
+            Box::new(move || {
+                let tids: Vec<i32> = tid_rx.iter().take(threads).collect();
+                let cpus = [0, other_cpu()];
+                let mut round = 0;
+                while Instant::now() < end {
+                    for (i, &tid) in tids.iter().enumerate() {
+                        set_affinity(tid, cpus[(i + round) % 2]);
+                    }
+                    round += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }),
+        ));
+        self
+    }
+
     /// Two threads on `cpu` passing a byte back and forth for `duration`:
     /// each round trip is two wakeups (the wakeup path).
     pub fn ping_pong(mut self, cpu: usize, duration: Duration) -> Self {
@@ -134,11 +170,19 @@ pub fn other_cpu() -> usize {
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) {
+    set_affinity(0, cpu);
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu`.
+fn set_affinity(tid: i32, cpu: usize) {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity to CPU {cpu} failed");
+        let rc = libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc, 0,
+            "sched_setaffinity of thread {tid} to CPU {cpu} failed"
+        );
     }
 }

@@ -74,34 +74,84 @@ impl WebClient {
     }
 }
 
-impl Daemon {
-    /// Starts the daemon with `--collectors collectors` and waits until it
-    /// serves and every named collector reports up. Panics, with the
-    /// daemon's log, if it does not.
-    pub fn start(collectors: &str) -> Daemon {
-        Self::start_with(collectors, &[])
-    }
+/// How a test starts `hostscope serve`: the collectors and, where the
+/// defaults do not do, the extra arguments, the binary, the listening flag,
+/// changes to the command and the HTTP client.
+pub struct Launch<'a> {
+    collectors: &'a str,
+    extra: &'a [&'a str],
+    /// `None`: the binary the tests were built to run ([`hostscope_bin`]).
+    binary: Option<PathBuf>,
+    /// The listening flag and value, and where the daemon then answers;
+    /// `None`: `--listen` on a port that was free.
+    listen: Option<(&'a [&'a str], SocketAddr)>,
+    configure: Box<dyn FnOnce(&mut Command) + 'a>,
+    client: WebClient,
+}
 
-    /// Like [`Daemon::start`], with extra arguments for `serve`.
-    pub fn start_with(collectors: &str, extra: &[&str]) -> Daemon {
-        require_root();
-        Self::try_start(&hostscope_bin(), collectors, extra).unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    /// Like [`Daemon::start_with`], running `binary`, failing instead of
-    /// panicking.
-    pub fn try_start(binary: &Path, collectors: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
-        let addr = free_local_addr();
-        let listen = addr.to_string();
-        let daemon = Self::launch(
-            binary,
-            &["--listen", &listen],
-            addr,
+impl<'a> Launch<'a> {
+    /// `serve --collectors collectors`, otherwise as configured below.
+    pub fn new(collectors: &'a str) -> Self {
+        Self {
             collectors,
-            extra,
-            |_| {},
-            WebClient::default(),
-        )?;
+            extra: &[],
+            binary: None,
+            listen: None,
+            configure: Box::new(|_| {}),
+            client: WebClient::default(),
+        }
+    }
+
+    /// Extra arguments for `serve`.
+    pub fn args(mut self, extra: &'a [&'a str]) -> Self {
+        self.extra = extra;
+        self
+    }
+
+    /// Runs `binary` instead of the one the tests were built to run.
+    pub fn binary(mut self, binary: &Path) -> Self {
+        self.binary = Some(binary.to_owned());
+        self
+    }
+
+    /// `listen` (the flag and its value, or nothing) for the listening
+    /// address, where the daemon then answers at `addr`.
+    pub fn listening(mut self, listen: &'a [&'a str], addr: SocketAddr) -> Self {
+        self.listen = Some((listen, addr));
+        self
+    }
+
+    /// Lets `configure` change the command before it starts (environment,
+    /// resource limits, capabilities).
+    pub fn configure(mut self, configure: impl FnOnce(&mut Command) + 'a) -> Self {
+        self.configure = Box::new(configure);
+        self
+    }
+
+    /// Reaches the daemon through `client` (for `--web.config.file`).
+    pub fn client(mut self, client: WebClient) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// Starts the daemon and waits until /healthz answers. Panics, with the
+    /// daemon's log, if it does not.
+    pub fn spawn(self) -> Daemon {
+        require_root();
+        self.try_spawn().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`Launch::spawn`], and waits until every named collector
+    /// reports up.
+    pub fn start(self) -> Daemon {
+        require_root();
+        self.try_start().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`Launch::start`], failing instead of panicking.
+    pub fn try_start(self) -> anyhow::Result<Daemon> {
+        let collectors = self.collectors;
+        let daemon = self.try_spawn()?;
         let exposition = daemon.try_scrape()?;
         for name in collectors.split(',') {
             let up = exposition.value("hostscope_collector_up", &[("collector", name)]);
@@ -115,104 +165,25 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Starts the daemon and waits only until /healthz answers.
-    pub fn spawn(collectors: &str, extra: &[&str]) -> Daemon {
-        Self::spawn_configured(collectors, extra, |_| {})
-    }
-
-    /// Like [`Daemon::spawn`], letting `configure` change the command first
-    /// (environment, resource limits).
-    pub fn spawn_configured(
-        collectors: &str,
-        extra: &[&str],
-        configure: impl FnOnce(&mut Command),
-    ) -> Daemon {
-        let addr = free_local_addr();
-        let listen = addr.to_string();
-        Self::spawn_listening(&["--listen", &listen], addr, collectors, extra, configure)
-    }
-
-    /// Like [`Daemon::spawn_configured`], with `listen` (the flag and its
-    /// value) for the listening address, where the daemon then answers at
-    /// `addr`.
-    pub fn spawn_listening(
-        listen: &[&str],
-        addr: SocketAddr,
-        collectors: &str,
-        extra: &[&str],
-        configure: impl FnOnce(&mut Command),
-    ) -> Daemon {
-        Self::spawn_as(
-            listen,
-            addr,
-            collectors,
-            extra,
-            configure,
-            WebClient::default(),
-        )
-    }
-
-    /// Like [`Daemon::start_with`], reached through `client` (for a daemon
-    /// whose `extra` arguments include `--web.config.file`).
-    pub fn start_with_client(collectors: &str, extra: &[&str], client: WebClient) -> Daemon {
-        let addr = free_local_addr();
-        let listen = addr.to_string();
-        let daemon = Self::spawn_as(
-            &["--listen", &listen],
-            addr,
-            collectors,
-            extra,
-            |_| {},
-            client,
-        );
-        daemon.scrape();
-        daemon
-    }
-
-    /// Like [`Daemon::spawn_listening`], reached through `client`.
-    pub fn spawn_as(
-        listen: &[&str],
-        addr: SocketAddr,
-        collectors: &str,
-        extra: &[&str],
-        configure: impl FnOnce(&mut Command),
-        client: WebClient,
-    ) -> Daemon {
-        require_root();
-        Self::launch(
-            &hostscope_bin(),
-            listen,
-            addr,
-            collectors,
-            extra,
-            configure,
-            client,
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    /// Starts `binary` as [`Daemon::spawn_as`] does.
-    fn launch(
-        binary: &Path,
-        listen: &[&str],
-        addr: SocketAddr,
-        collectors: &str,
-        extra: &[&str],
-        configure: impl FnOnce(&mut Command),
-        client: WebClient,
-    ) -> anyhow::Result<Daemon> {
+    /// Like [`Launch::spawn`], failing instead of panicking.
+    pub fn try_spawn(self) -> anyhow::Result<Daemon> {
+        let binary = self.binary.unwrap_or_else(hostscope_bin);
+        let free = free_local_addr();
+        let listen_on = free.to_string();
+        let default_listen = ["--listen", listen_on.as_str()];
+        let (listen, addr) = self.listen.unwrap_or((&default_listen, free));
         let log = std::env::temp_dir().join(format!("hostscope-test-{}.log", addr.port()));
         let log_file = File::create(&log).context("creating the daemon's log file")?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(&binary);
         command
             .arg("serve")
             .args(listen)
-            .args(["--collectors", collectors])
-            .args(extra)
+            .args(["--collectors", self.collectors])
+            .args(self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        configure(&mut command);
+        (self.configure)(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -220,10 +191,29 @@ impl Daemon {
             child: Some(child),
             addr,
             log,
-            client,
+            client: self.client,
         };
         daemon.wait_healthy()?;
         Ok(daemon)
+    }
+}
+
+impl Daemon {
+    /// Starts the daemon with `--collectors collectors` and waits until it
+    /// serves and every named collector reports up. Panics, with the
+    /// daemon's log, if it does not.
+    pub fn start(collectors: &str) -> Daemon {
+        Launch::new(collectors).start()
+    }
+
+    /// Like [`Daemon::start`], with extra arguments for `serve`.
+    pub fn start_with(collectors: &str, extra: &[&str]) -> Daemon {
+        Launch::new(collectors).args(extra).start()
+    }
+
+    /// Starts the daemon and waits only until /healthz answers.
+    pub fn spawn(collectors: &str, extra: &[&str]) -> Daemon {
+        Launch::new(collectors).args(extra).spawn()
     }
 
     /// Polls often: the bench times start-up by when this returns.

@@ -4,7 +4,7 @@
 use std::{net::TcpListener, process::Command};
 
 use hostscope_tests::{
-    daemon::{Daemon, free_local_addr},
+    daemon::{Daemon, Launch, free_local_addr},
     hostscope_bin, require_root,
 };
 
@@ -76,13 +76,9 @@ fn bad_web_listen_address_says_what_form_is_expected() {
 fn serve_on(host: &str) -> Daemon {
     let addr = free_local_addr();
     let listen = format!("{host}:{}", addr.port());
-    Daemon::spawn_listening(
-        &["--web.listen-address", &listen],
-        addr,
-        "sched",
-        &[],
-        |_| {},
-    )
+    Launch::new("sched")
+        .listening(&["--web.listen-address", &listen], addr)
+        .spawn()
 }
 
 /// `:PORT` listens on every address, IPv4 included, as Go exporters do.
@@ -116,9 +112,12 @@ fn listen_on_a_hostname_and_from_the_environment() {
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
     assert!(std::net::TcpStream::connect(v6).is_err(), "not on ::1");
     drop(daemon);
-    let daemon = Daemon::spawn_listening(&[], addr, "sched", &[], |command| {
-        command.env("HOSTSCOPE_LISTEN", addr.to_string());
-    });
+    let daemon = Launch::new("sched")
+        .listening(&[], addr)
+        .configure(|command| {
+            command.env("HOSTSCOPE_LISTEN", addr.to_string());
+        })
+        .spawn();
     assert_eq!(daemon.get("/healthz").0, 200);
 }
 
@@ -507,9 +506,12 @@ fn logfmt(line: &str) -> Vec<(String, String)> {
 /// value holds spaces.
 #[test]
 fn logfmt_log_lines_parse() {
-    let mut daemon = Daemon::spawn_configured("sched", &["--log-level", "debug"], |command| {
-        command.env("HOSTSCOPE_LOG_FORMAT", "logfmt");
-    });
+    let mut daemon = Launch::new("sched")
+        .args(&["--log-level", "debug"])
+        .configure(|command| {
+            command.env("HOSTSCOPE_LOG_FORMAT", "logfmt");
+        })
+        .spawn();
     daemon.scrape();
     assert!(daemon.stop().success(), "{}", daemon.log());
     let log = daemon.log();

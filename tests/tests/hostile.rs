@@ -19,7 +19,7 @@ use std::{
 };
 
 use hostscope_tests::{
-    daemon::{Daemon, proc_entries, proc_limit, proc_status, thread_names},
+    daemon::{Daemon, Launch, proc_entries, proc_limit, proc_status, thread_names},
     programs::{self, Running, SYSCALL_LOOP},
 };
 use object::{Object as _, ObjectSection as _};
@@ -302,18 +302,20 @@ fn capabilities_are_dropped_to_what_the_daemon_uses() {
 /// address (which would reveal the KASLR base) appears anywhere.
 #[test]
 fn kernel_addresses_are_never_shown() {
-    let daemon = Daemon::spawn_configured("sched", &[], |command| {
-        // SAFETY: prctl only, in the child before exec; root then execs
-        // with its bounding set as its capabilities.
-        unsafe {
-            command.pre_exec(|| {
-                for cap in (0..64).filter(|c| ![38, 39].contains(c)) {
-                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
-                }
-                Ok(())
-            })
-        };
-    });
+    let daemon = Launch::new("sched")
+        .configure(|command| {
+            // SAFETY: prctl only, in the child before exec; root then execs
+            // with its bounding set as its capabilities.
+            unsafe {
+                command.pre_exec(|| {
+                    for cap in (0..64).filter(|c| ![38, 39].contains(c)) {
+                        libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                    }
+                    Ok(())
+                })
+            };
+        })
+        .spawn();
     let busy = Running::build_and_start("syscall_loop", SYSCALL_LOOP);
     let (status, body) = daemon.get(&format!("/stacks?seconds=2&pid={}", busy.pid));
     assert_eq!(status, 200, "{body}\nlog:\n{}", daemon.log());

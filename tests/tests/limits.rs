@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostscope_tests::daemon::{Daemon, proc_entries, proc_limit};
+use hostscope_tests::daemon::{Daemon, Launch, proc_entries, proc_limit};
 
 /// Idle connections held open against the daemon: more than its 1,024 files.
 const IDLE: usize = 1100;
@@ -127,7 +127,9 @@ fn answer(mut stream: TcpStream) -> Answer {
 #[test]
 fn idle_connections_do_not_starve_metrics() {
     raise_own_limit(IDLE as u64 + 200);
-    let daemon = Daemon::spawn_configured("sched", &[], |c| limit_open_files(c, 1024, 1024));
+    let daemon = Launch::new("sched")
+        .configure(|c| limit_open_files(c, 1024, 1024))
+        .spawn();
     assert_eq!(
         proc_limit(&daemon.pid().to_string(), "Max open files"),
         ("1024".into(), "1024".into()),
@@ -186,7 +188,9 @@ fn idle_connections_do_not_starve_metrics() {
 /// The inherited soft limit on open files is raised to the hard limit.
 #[test]
 fn soft_open_files_limit_is_raised_to_the_hard_limit() {
-    let daemon = Daemon::spawn_configured("sched", &[], |c| limit_open_files(c, 1024, 4096));
+    let daemon = Launch::new("sched")
+        .configure(|c| limit_open_files(c, 1024, 4096))
+        .spawn();
     assert_eq!(
         proc_limit(&daemon.pid().to_string(), "Max open files"),
         ("4096".into(), "4096".into())
@@ -276,9 +280,11 @@ fn slow_and_idle_clients_are_disconnected() {
 /// are refused at once with 429, a Retry-After and one line.
 #[test]
 fn profile_requests_beyond_the_queue_get_429_at_once() {
-    let daemon = Daemon::spawn_configured("sched", &[], |c| {
-        c.env("HOSTSCOPE_PROFILE_MAX_QUEUE", "2");
-    });
+    let daemon = Launch::new("sched")
+        .configure(|c| {
+            c.env("HOSTSCOPE_PROFILE_MAX_QUEUE", "2");
+        })
+        .spawn();
     let addr = daemon.addr;
     let requests: Vec<_> = (0..12)
         .map(|_| {

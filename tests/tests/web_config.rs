@@ -19,7 +19,7 @@ use std::{
 };
 
 use hostscope_tests::{
-    daemon::{Daemon, WebClient},
+    daemon::{Daemon, Launch, WebClient},
     hostscope_bin,
     prometheus::Prometheus,
     require_root,
@@ -176,11 +176,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn prometheus_scrapes_over_tls_with_basic_auth() {
     let pki = Pki::new("prometheus");
     let config = pki.config(&format!("{TLS}{MTLS}{}", users()));
-    let daemon = Daemon::start_with_client(
-        "sched",
-        &["--web.config.file", &config],
-        pki.client(Some("client"), Some(PASSWORD)),
-    );
+    let daemon = Launch::new("sched")
+        .args(&["--web.config.file", &config])
+        .client(pki.client(Some("client"), Some(PASSWORD)))
+        .start();
     let job = format!(
         "  - job_name: hostscope\n    scheme: https\n    tls_config:\n      ca_file: '{}'\n      \
          cert_file: '{}'\n      key_file: '{}'\n    basic_auth:\n      username: {USER}\n      \
@@ -221,8 +220,10 @@ fn basic_auth_is_required_except_for_healthz() {
         users()
     ));
     let client = pki.client(None, Some(PASSWORD));
-    let daemon =
-        Daemon::start_with_client("sched", &["--web.config.file", &config], client.clone());
+    let daemon = Launch::new("sched")
+        .args(&["--web.config.file", &config])
+        .client(client.clone())
+        .start();
 
     let anonymous = pki.client(None, None);
     let basic = |user: &str, password: &str| {
@@ -324,11 +325,10 @@ fn handshake(
 fn without_a_client_certificate_the_handshake_fails() {
     let pki = Pki::new("mtls");
     let config = pki.config(&format!("{TLS}{MTLS}"));
-    let daemon = Daemon::start_with_client(
-        "sched",
-        &["--web.config.file", &config],
-        pki.client(Some("client"), None),
-    );
+    let daemon = Launch::new("sched")
+        .args(&["--web.config.file", &config])
+        .client(pki.client(Some("client"), None))
+        .start();
     let ca = pki.path("ca.crt");
     let (client, client_key) = (pki.path("client.crt"), pki.path("client.key"));
     let (stranger, stranger_key) = (pki.path("stranger.crt"), pki.path("stranger.key"));
@@ -372,11 +372,10 @@ fn without_a_client_certificate_the_handshake_fails() {
 fn a_silent_client_is_closed_during_the_handshake() {
     let pki = Pki::new("silent");
     let config = pki.config(TLS);
-    let daemon = Daemon::start_with_client(
-        "sched",
-        &["--web.config.file", &config],
-        pki.client(None, None),
-    );
+    let daemon = Launch::new("sched")
+        .args(&["--web.config.file", &config])
+        .client(pki.client(None, None))
+        .start();
     let started = Instant::now();
     let mut socket = TcpStream::connect(daemon.addr).unwrap();
     socket

@@ -39,11 +39,11 @@ pub fn start_with(extra: &[&str]) -> anyhow::Result<Daemon> {
         &["--log-level", "warn"]
     };
     let started = Instant::now();
-    let daemon = hostscope_tests::daemon::Daemon::try_start(
-        &crate::release_binary(),
-        &collectors,
-        &[quiet, extra].concat(),
-    )?;
+    let args = [quiet, extra].concat();
+    let daemon = hostscope_tests::daemon::Launch::new(&collectors)
+        .binary(&crate::release_binary())
+        .args(&args)
+        .try_start()?;
     let ready_after = started.elapsed();
     Ok(Daemon {
         pid: daemon.pid(),

@@ -122,8 +122,12 @@ fn sched_fields(btf: &Btf) -> Result<Offsets, LayoutError> {
             sched_info + field(btf, "sched_info", "run_delay", 8)?,
         ),
         (
-            offsets::TASK_PCOUNT,
-            sched_info + field(btf, "sched_info", "pcount", 8)?,
+            offsets::TASK_LAST_ARRIVAL,
+            sched_info + field(btf, "sched_info", "last_arrival", 8)?,
+        ),
+        (
+            offsets::TASK_NR_MIGRATIONS,
+            se + field(btf, "sched_entity", "nr_migrations", 8)?,
         ),
     ])
 }

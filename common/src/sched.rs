@@ -9,9 +9,9 @@ pub const RUNQ_LATENCY_MAP: &str = "RUNQ_LATENCY";
 pub const SCHED_PROGRAMS: [(&str, &str); 1] = [("sched_switch", "sched_switch")];
 
 /// Slots of the array where the `sched_switch` program keeps each task's
-/// run delay as of its last switch-in (16 bytes each), to record whole a
-/// wait that moved between CPUs.
-pub const RUNQ_ARRIVED_SLOTS: u32 = 1 << 16;
+/// run delay as of its last switch-in (32 bytes each, 1 MiB), to record
+/// whole a wait that moved between CPUs. A power of two.
+pub const RUNQ_ARRIVED_SLOTS: u32 = 1 << 15;
 
 /// Hash map: [`crate::cgroup::CgroupKey`] -> [`crate::histogram::Histogram`],
 /// the run-queue latency per cgroup (`--by-cgroup`), updated atomically.
@@ -34,7 +34,10 @@ pub mod offsets {
     /// `struct task_struct.sched_info.run_delay`: the task's total wait,
     /// which the kernel adds to when a wait ends or moves.
     pub const TASK_RUN_DELAY: &str = "SCHED_OFF_TASK_RUN_DELAY";
-    /// `struct task_struct.sched_info.pcount`: how many times the task was
-    /// switched in (counted after `sched_switch`).
-    pub const TASK_PCOUNT: &str = "SCHED_OFF_TASK_PCOUNT";
+    /// `struct task_struct.sched_info.last_arrival`: when the task was last
+    /// switched in after a wait, in that run queue's clock.
+    pub const TASK_LAST_ARRIVAL: &str = "SCHED_OFF_TASK_LAST_ARRIVAL";
+    /// `struct task_struct.se.nr_migrations`: how many times the task moved
+    /// to another CPU.
+    pub const TASK_NR_MIGRATIONS: &str = "SCHED_OFF_TASK_NR_MIGRATIONS";
 }

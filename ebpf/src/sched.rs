@@ -22,10 +22,10 @@
 //! stamp, and the new queue stamps the task again. No tracepoint fires
 //! before the move clears the stamp, so the program keeps, per task, the
 //! `run_delay` each switch-in leaves behind (what the kernel is about to
-//! make it) and the `pcount` it will have. At the next switch-in of the
-//! same task, `run_delay` beyond that is the parts of this wait before its
-//! moves, and the histogram records the wait whole, as one wait, as
-//! schedstat does. A task first seen mid-life has no record yet:
+//! make it), with `last_arrival` and `se.nr_migrations`. At the next
+//! switch-in of a task that moved since, `run_delay` beyond that is the
+//! parts of this wait before its moves, and the histogram records the wait
+//! whole, as one wait, as schedstat does. A task first seen mid-life has no record yet:
 //! its first wait, if it moved, is recorded from its last stamp only.
 //!
 //! With `--by-cgroup`, the wait goes to the histogram of the cgroup the
@@ -40,7 +40,6 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use hostscope_common::{
-    block::slot_index,
     cgroup::{CgroupKey, overflow_slot},
     histogram::Histogram,
     sched::RUNQ_ARRIVED_SLOTS,
@@ -72,24 +71,32 @@ static SCHED_OFF_RQ_CLOCK: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static SCHED_OFF_TASK_RUN_DELAY: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
-static SCHED_OFF_TASK_PCOUNT: Global<u32> = Global::new(0);
+static SCHED_OFF_TASK_LAST_ARRIVAL: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SCHED_OFF_TASK_NR_MIGRATIONS: Global<u32> = Global::new(0);
 
-/// Where a task's last switch-in left its `sched_info`: the slot its
-/// address hashes to. Tasks sharing a slot overwrite each other's record,
-/// which only costs the one that lost it the parts of a moved wait.
+/// What a task's last switch-in left: the slot of its address. Tasks
+/// sharing a slot overwrite each other's record, which only costs the one
+/// that lost it the parts of a moved wait.
 #[repr(C)]
 pub struct Arrived {
-    /// `(address bits << 32 | pcount after the switch-in) ^ run_delay`: a
-    /// record overwritten halfway by another task fails the check.
-    check: u64,
-    /// `run_delay` after the switch-in.
+    /// `sched_info.last_arrival` after the switch-in (the run queue's clock
+    /// then): tells whether the record is of the task's last switch-in.
+    arrival: u64,
+    /// `se.nr_migrations` at the switch-in.
+    migrations: u64,
+    /// `sched_info.run_delay` after the switch-in.
     run_delay: u64,
+    /// The fields above and the address bits XORed: a record written
+    /// halfway by two tasks at once fails it.
+    check: u64,
 }
 
-/// Records of tasks' last switch-ins: 1 MiB, enough that tasks collide
-/// rarely on hosts with tens of thousands of threads. An array, not task
-/// storage, because its lookup is a few instructions the verifier inlines
-/// where task storage costs a helper call (about 30 ns per switch here).
+/// The records, indexed by the task's address in 4 KiB pages, so that
+/// tasks allocated together (a build's short-lived processes) share cache
+/// lines. An array, not task storage: its lookup is a few instructions the
+/// verifier inlines, where task storage costs a helper call (about 30 ns
+/// per switch here).
 #[map(name = "RUNQ_ARRIVED")]
 static RUNQ_ARRIVED: Array<Arrived> = Array::with_max_entries(RUNQ_ARRIVED_SLOTS, 0);
 
@@ -113,7 +120,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if clock < queued {
         return 0;
     }
-    let latency = clock - queued + parts_before_moves(next, clock - queued);
+    let latency = clock - queued + parts_before_moves(next, clock, clock - queued);
     if cgroup::enabled() {
         let key = CgroupKey {
             cgroup: cgroup::series_of(cgroup::of_task(next), overflow_slot::SCHED),
@@ -129,35 +136,52 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 
 /// The parts of `task`'s wait that the kernel folded into its `run_delay`
 /// when the wait moved off other run queues (0 for a wait that stayed
-/// put), and a record of what this switch-in leaves (`last_part` is the
-/// part the kernel is about to add).
+/// put), and a record of what this switch-in leaves (`clock` is the run
+/// queue's clock, which the kernel is about to make `last_arrival`, and
+/// `last_part` what it is about to add to `run_delay`).
+///
+/// `run_delay` sits on a cache line of its own, which the program reads
+/// only when the task moved to another CPU since its last switch-in, or
+/// has no record: otherwise it is the record's, unchanged, and the rest
+/// is on lines this program reads anyway.
 #[inline(always)]
-fn parts_before_moves(task: u64, last_part: u64) -> u64 {
+fn parts_before_moves(task: u64, clock: u64, last_part: u64) -> u64 {
     let bits = address_bits(task);
-    // The block collector's address hash suits task_structs as well.
-    let Some(slot) = RUNQ_ARRIVED.get_ptr_mut(slot_index(bits, RUNQ_ARRIVED_SLOTS)) else {
+    let Some(slot) = RUNQ_ARRIVED.get_ptr_mut((bits >> 12) & (RUNQ_ARRIVED_SLOTS - 1)) else {
         return 0;
     };
-    let pcount: u64 = load_at(task, SCHED_OFF_TASK_PCOUNT.load());
-    let run_delay: u64 = load_at(task, SCHED_OFF_TASK_RUN_DELAY.load());
+    let arrival: u64 = load_at(task, SCHED_OFF_TASK_LAST_ARRIVAL.load());
+    let migrations: u64 = load_at(task, SCHED_OFF_TASK_NR_MIGRATIONS.load());
     let owner = u64::from(bits) << 32;
     // SAFETY: a slot of an array map, valid while the program runs. Other
     // CPUs may write it at the same time (another task in the slot); the
     // check catches a record mixed from two.
     unsafe {
-        let check = read_volatile(&raw const (*slot).check);
-        let before = read_volatile(&raw const (*slot).run_delay);
-        // Another task's record, or this task's from before a switch-in
-        // that left none (it had no stamp): nothing to go by.
-        let moved = if check ^ before == owner | u64::from(pcount as u32) {
-            run_delay.saturating_sub(before)
+        let recorded = (
+            read_volatile(&raw const (*slot).arrival),
+            read_volatile(&raw const (*slot).migrations),
+            read_volatile(&raw const (*slot).run_delay),
+            read_volatile(&raw const (*slot).check),
+        );
+        let ours =
+            recorded.0 == arrival && recorded.3 == recorded.0 ^ recorded.1 ^ recorded.2 ^ owner;
+        let (moved, run_delay) = if ours && recorded.1 == migrations {
+            (0, recorded.2)
         } else {
-            0
+            let run_delay: u64 = load_at(task, SCHED_OFF_TASK_RUN_DELAY.load());
+            // Not ours: another task's record, or none yet.
+            let moved = if ours {
+                run_delay.saturating_sub(recorded.2)
+            } else {
+                0
+            };
+            (moved, run_delay)
         };
         let after = run_delay.wrapping_add(last_part);
+        write_volatile(&raw mut (*slot).arrival, clock);
+        write_volatile(&raw mut (*slot).migrations, migrations);
         write_volatile(&raw mut (*slot).run_delay, after);
-        let pcount_after = u64::from(pcount.wrapping_add(1) as u32);
-        write_volatile(&raw mut (*slot).check, (owner | pcount_after) ^ after);
+        write_volatile(&raw mut (*slot).check, clock ^ migrations ^ after ^ owner);
         moved
     }
 }

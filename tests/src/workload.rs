@@ -20,7 +20,8 @@ pub struct Workload {
 
 /// A workload that has run: its threads wait, asleep, to be dropped.
 pub struct Finished {
-    /// Thread ids of the jobs, for /proc/self/task/TID/schedstat.
+    /// Thread ids of the jobs, in the order they were added, for
+    /// /proc/self/task/TID/schedstat.
     pub tids: Vec<i32>,
     release: Arc<Barrier>,
     handles: Vec<JoinHandle<()>>,
@@ -119,14 +120,16 @@ impl Workload {
         let handles = self
             .jobs
             .into_iter()
-            .map(|(cpu, job)| {
+            .enumerate()
+            .map(|(index, (cpu, job))| {
                 let (started, finished, release) =
                     (started.clone(), finished.clone(), release.clone());
                 let tid_tx = tid_tx.clone();
                 std::thread::spawn(move || {
                     pin_to_cpu(cpu);
                     // SAFETY: gettid has no preconditions.
-                    tid_tx.send(unsafe { libc::gettid() }).expect("send tid");
+                    let tid = unsafe { libc::gettid() };
+                    tid_tx.send((index, tid)).expect("send tid");
                     started.wait();
                     job();
                     finished.wait();
@@ -136,8 +139,10 @@ impl Workload {
             .collect();
         started.wait();
         finished.wait();
+        let mut tids: Vec<(usize, i32)> = tid_rx.iter().take(threads).collect();
+        tids.sort_unstable();
         Finished {
-            tids: tid_rx.iter().take(threads).collect(),
+            tids: tids.into_iter().map(|(_, tid)| tid).collect(),
             release,
             handles,
         }

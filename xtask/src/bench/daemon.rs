@@ -61,24 +61,31 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// The text exposition format's media type.
+pub const TEXT: &str = "text/plain;version=0.0.4";
+
+/// One /metrics of the daemon at `url`, asking for `accept`.
+pub fn scrape(agent: &ureq::Agent, url: &str, accept: &str) -> anyhow::Result<Vec<u8>> {
+    agent
+        .get(format!("{url}/metrics"))
+        .header("Accept", accept)
+        .call()
+        .context("scraping")?
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .context("reading /metrics")
+}
+
 /// The plain-text /metrics of the daemon at `url`, and the daemon's CPU
 /// time per scrape over `scrapes` back-to-back scrapes, in milliseconds.
 /// What the idle daemon spends meanwhile is counted too; it is a few
 /// microseconds per second (see the daemon section), far below one scrape.
 pub fn scrape_cpu_ms(url: &str, pid: u32, scrapes: u32) -> anyhow::Result<(String, f64)> {
     let agent = agent();
-    let scrape = || -> anyhow::Result<String> {
-        agent
-            .get(format!("{url}/metrics"))
-            .call()
-            .context("scraping")?
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .context("reading /metrics")
-    };
-    let body = scrape()?;
+    let scrape = || scrape(&agent, url, TEXT);
+    let body = String::from_utf8(scrape()?).context("/metrics is not UTF-8")?;
     let before = cpu_ns(pid)?;
     for _ in 0..scrapes {
         scrape()?;

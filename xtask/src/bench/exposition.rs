@@ -4,15 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
 use super::{
-    daemon,
+    daemon::{self, TEXT},
     report::{Report, Row, Target},
 };
 
 /// What Prometheus sends for each format.
-const TEXT: &str = "text/plain;version=0.0.4";
 const PROTOBUF: &str =
     "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
 /// Sequential scrapes timed per variant.
@@ -27,19 +24,7 @@ pub fn costs(report: &mut Report) -> anyhow::Result<()> {
     ] {
         let daemon = daemon::start_with(&["--classic-buckets", layout])?;
         let agent = daemon::agent();
-        let scrape = || -> anyhow::Result<Vec<u8>> {
-            let mut response = agent
-                .get(format!("{}/metrics", daemon.url))
-                .header("Accept", accept)
-                .call()
-                .context("scraping")?;
-            response
-                .body_mut()
-                .with_config()
-                .limit(64 << 20)
-                .read_to_vec()
-                .context("reading the scrape")
-        };
+        let scrape = || daemon::scrape(&agent, &daemon.url, accept);
         let body = scrape()?;
         let mut times = Vec::with_capacity(SCRAPES);
         for _ in 0..SCRAPES {

@@ -17,7 +17,7 @@ use hostscope_tests::{
     daemon::Daemon,
     exposition::HistogramSample,
     hostscope_bin, schedstat,
-    workload::{Workload, other_cpu},
+    workload::{Finished, Workload, other_cpu},
 };
 
 const RUNQ: &str = "hostscope_runqueue_latency_seconds";
@@ -27,6 +27,53 @@ fn runq(daemon: &Daemon) -> HistogramSample {
         .scrape()
         .histogram(RUNQ, &[])
         .expect("the run-queue histogram is exported")
+}
+
+/// What the probes and the kernel accounted while a workload ran.
+struct Window {
+    /// Waits the histogram counted.
+    count: f64,
+    /// Their total, in nanoseconds.
+    sum_ns: f64,
+    /// What every thread on the system accrued in schedstat.
+    kernel: schedstat::SchedStat,
+    /// The workload's threads, still alive for their own schedstat.
+    workload: Finished,
+}
+
+impl Window {
+    /// Runs `workload` between two readings of the histogram and of every
+    /// thread's schedstat.
+    fn measure(daemon: &Daemon, workload: Workload) -> Window {
+        let kernel_before = schedstat::all_threads();
+        let probes_before = runq(daemon);
+        let workload = workload.run();
+        let probes_after = runq(daemon);
+        let kernel_after = schedstat::all_threads();
+        Window {
+            count: probes_after.count - probes_before.count,
+            sum_ns: (probes_after.sum - probes_before.sum) * 1e9,
+            kernel: schedstat::accrued(&kernel_before, &kernel_after),
+            workload,
+        }
+    }
+
+    /// The histogram's count within 1% of schedstat's timeslices, and its
+    /// sum within 2% of schedstat's run delay.
+    fn assert_matches_schedstat(&self) {
+        assert_close(
+            "waits counted",
+            self.count,
+            self.kernel.timeslices as f64,
+            0.01,
+        );
+        assert_close(
+            "total wait (ns)",
+            self.sum_ns,
+            self.kernel.run_delay_ns as f64,
+            0.02,
+        );
+    }
 }
 
 /// Four threads pinned to one CPU for 2 s must queue behind each other
@@ -56,37 +103,29 @@ fn histogram_matches_schedstat_of_all_threads() {
     let daemon = Daemon::start("sched");
     std::thread::sleep(Duration::from_millis(200));
 
-    let kernel_before = schedstat::all_threads();
-    let probes_before = runq(&daemon);
-    let window = Duration::from_secs(2);
-    let workload = Workload::new()
-        .spinners(4, 0, window)
-        .ping_pong(other_cpu(), window)
-        .run();
-    let probes_after = runq(&daemon);
-    let kernel_after = schedstat::all_threads();
-
-    let kernel = schedstat::accrued(&kernel_before, &kernel_after);
-    let count = probes_after.count - probes_before.count;
-    let sum_ns = (probes_after.sum - probes_before.sum) * 1e9;
-    let workload_wait: u64 = workload.tids[..4]
+    let duration = Duration::from_secs(2);
+    let window = Window::measure(
+        &daemon,
+        Workload::new()
+            .spinners(4, 0, duration)
+            .ping_pong(other_cpu(), duration),
+    );
+    let workload_wait: u64 = window.workload.tids[..4]
         .iter()
         .map(|&tid| schedstat::own_thread(tid).run_delay_ns)
         .sum();
     println!(
-        "probes: {count} waits, {sum_ns:.0} ns; kernel: {} timeslices, {} ns run delay \
+        "probes: {} waits, {:.0} ns; kernel: {} timeslices, {} ns run delay \
          (spinners alone: {workload_wait} ns)",
-        kernel.timeslices, kernel.run_delay_ns
+        window.count, window.sum_ns, window.kernel.timeslices, window.kernel.run_delay_ns
     );
-    drop(workload);
 
     // The workload really queued: 4 spinners on one CPU wait about 3/4 of 2 s each.
     assert!(
         workload_wait > 3_000_000_000,
         "the pinned threads waited only {workload_wait} ns; is CPU 0 online?"
     );
-    assert_close("waits counted", count, kernel.timeslices as f64, 0.01);
-    assert_close("total wait (ns)", sum_ns, kernel.run_delay_ns as f64, 0.02);
+    window.assert_matches_schedstat();
 }
 
 /// Waits that move to another CPU's run queue are recorded whole, as one
@@ -107,34 +146,25 @@ fn waits_moved_between_cpus_count_whole() {
     std::thread::sleep(Duration::from_millis(200));
 
     let spinners = 6;
-    let kernel_before = schedstat::all_threads();
-    let probes_before = runq(&daemon);
-    let workload = Workload::new()
-        .moving_spinners(spinners, Duration::from_secs(2))
-        .run();
-    let probes_after = runq(&daemon);
-    let kernel_after = schedstat::all_threads();
-
-    let kernel = schedstat::accrued(&kernel_before, &kernel_after);
-    let count = probes_after.count - probes_before.count;
-    let sum_ns = (probes_after.sum - probes_before.sum) * 1e9;
-    let moves: u64 = workload.tids[..spinners]
+    let window = Window::measure(
+        &daemon,
+        Workload::new().moving_spinners(spinners, Duration::from_secs(2)),
+    );
+    let moves: u64 = window.workload.tids[..spinners]
         .iter()
         .map(|&tid| schedstat::own_thread_migrations(tid))
         .sum();
     println!(
-        "probes: {count} waits, {sum_ns:.0} ns; kernel: {} timeslices, {} ns run delay; \
+        "probes: {} waits, {:.0} ns; kernel: {} timeslices, {} ns run delay; \
          spinners moved {moves} times",
-        kernel.timeslices, kernel.run_delay_ns
+        window.count, window.sum_ns, window.kernel.timeslices, window.kernel.run_delay_ns
     );
-    drop(workload);
 
     assert!(
         moves > 500,
         "the spinners moved between CPUs only {moves} times in 2 s"
     );
-    assert_close("waits counted", count, kernel.timeslices as f64, 0.01);
-    assert_close("total wait (ns)", sum_ns, kernel.run_delay_ns as f64, 0.02);
+    window.assert_matches_schedstat();
 }
 
 /// The exported histogram is well formed: cumulative buckets never decrease,

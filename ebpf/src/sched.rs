@@ -25,8 +25,9 @@
 //! make it), with `last_arrival` and `se.nr_migrations`. At the next
 //! switch-in of a task that moved since, `run_delay` beyond that is the
 //! parts of this wait before its moves, and the histogram records the wait
-//! whole, as one wait, as schedstat does. A task first seen mid-life has no record yet:
-//! its first wait, if it moved, is recorded from its last stamp only.
+//! whole, as one wait, as schedstat does. A task first seen mid-life has no
+//! record yet: its first wait, if it moved, is recorded from its last stamp
+//! only.
 //!
 //! With `--by-cgroup`, the wait goes to the histogram of the cgroup the
 //! task is in when it is switched in.
@@ -157,21 +158,19 @@ fn parts_before_moves(task: u64, clock: u64, last_part: u64) -> u64 {
     // CPUs may write it at the same time (another task in the slot); the
     // check catches a record mixed from two.
     unsafe {
-        let recorded = (
-            read_volatile(&raw const (*slot).arrival),
-            read_volatile(&raw const (*slot).migrations),
-            read_volatile(&raw const (*slot).run_delay),
-            read_volatile(&raw const (*slot).check),
-        );
-        let ours =
-            recorded.0 == arrival && recorded.3 == recorded.0 ^ recorded.1 ^ recorded.2 ^ owner;
-        let (moved, run_delay) = if ours && recorded.1 == migrations {
-            (0, recorded.2)
+        let was_arrival = read_volatile(&raw const (*slot).arrival);
+        let was_migrations = read_volatile(&raw const (*slot).migrations);
+        let was_run_delay = read_volatile(&raw const (*slot).run_delay);
+        let was_check = read_volatile(&raw const (*slot).check);
+        let ours = was_arrival == arrival
+            && was_check == was_arrival ^ was_migrations ^ was_run_delay ^ owner;
+        let (moved, run_delay) = if ours && was_migrations == migrations {
+            (0, was_run_delay)
         } else {
             let run_delay: u64 = load_at(task, SCHED_OFF_TASK_RUN_DELAY.load());
             // Not ours: another task's record, or none yet.
             let moved = if ours {
-                run_delay.saturating_sub(recorded.2)
+                run_delay.saturating_sub(was_run_delay)
             } else {
                 0
             };
